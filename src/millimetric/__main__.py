@@ -1,0 +1,3 @@
+from millimetric.cli import app
+
+app(prog_name="millimetric")

@@ -1,0 +1,73 @@
+"""The Starlette application: routes, error handling, and the lifespan that owns the stores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from millimetric.api import health, ingest
+from millimetric.api.middleware import RequestIdMiddleware
+from millimetric.api.responses import error_response
+from millimetric.api.services import Services
+from millimetric.errors import ApiError
+from millimetric.settings import Settings
+
+log = logging.getLogger("millimetric.api")
+LAST_USED_FLUSH_SECONDS = 30.0
+
+ROUTES = [
+    Route("/v1/track", ingest.track, methods=["POST"]),
+    Route("/v1/batch", ingest.batch, methods=["POST"]),
+    Route("/v1/identify", ingest.identify, methods=["POST"]),
+    Route("/healthz", health.healthz, methods=["GET"]),
+]
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's routing errors, in our envelope (404 not_found, 405 method_not_allowed)."""
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_payload")
+    return error_response(ApiError(code, headers=dict(exc.headers or {})))
+
+
+async def _flush_last_used(services: Services) -> None:
+    while True:
+        await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
+        try:
+            await asyncio.to_thread(services.keys.flush_last_used)
+        except Exception:
+            log.exception("could not record last_used_at")
+
+
+def create_app(settings: Settings) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await asyncio.to_thread(Services.open, settings)
+        app.state.services = services
+        flusher = asyncio.create_task(_flush_last_used(services))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            await asyncio.to_thread(services.close)
+
+    return Starlette(
+        routes=ROUTES,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        lifespan=lifespan,
+    )

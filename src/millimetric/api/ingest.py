@@ -1,0 +1,102 @@
+"""POST /v1/track, /v1/batch, /v1/identify: authenticate, read, validate, enrich, write durably."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from millimetric.api.body import read_body, require_json
+from millimetric.api.client import client_ip
+from millimetric.api.responses import json_response
+from millimetric.api.services import Services
+from millimetric.auth import scopes
+from millimetric.auth.guard import Principal, require_kind, require_origin
+from millimetric.ingest import pipeline, schemas
+from millimetric.ingest.visit import Visit
+from millimetric.store.rows import EventRow
+
+
+async def _authorised(request: Request) -> tuple[Services, Principal]:
+    services: Services = request.app.state.services
+    principal = await services.keys.authenticate(request.headers.get("authorization"))
+    require_kind(principal, scopes.INGEST)
+    require_origin(principal, request.headers.get("origin"))
+    return services, principal
+
+
+async def _json_body(request: Request, limit: int) -> bytes:
+    require_json(request)
+    return await read_body(request, limit)
+
+
+def _visit(request: Request, services: Services, principal: Principal) -> Visit:
+    assert principal.project is not None  # ingest kinds are project keys
+    return Visit(
+        project_id=principal.project.id,
+        received_at=_utcnow(),
+        ip=client_ip(request, services.trusted_proxies),
+        user_agent=request.headers.get("user-agent", ""),
+        request_host=(request.headers.get("host") or "").split(":")[0].lower(),
+    )
+
+
+def _with_context(visit: Visit, principal: Principal, context: schemas.Context | None) -> Visit:
+    """Server-side senders (sk_ only) forward their visitor's IP and User-Agent in `context`."""
+    if context is None or principal.key.kind != "sk":
+        return visit
+    return visit._replace(
+        ip=context.ip or visit.ip,
+        user_agent=context.user_agent if context.user_agent is not None else visit.user_agent,
+    )
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _rows(
+    request: Request, services: Services, principal: Principal, events: list[schemas.TrackEvent], prefix: str | None
+) -> list[EventRow]:
+    """Validate every event (all-or-nothing), then run each through the pipeline."""
+    now = _utcnow()
+    retention = principal.project.retention_days if principal.project else None
+    errors = schemas.FieldErrors()
+    properties = [
+        schemas.check_event(event, f"{prefix}.{i}" if prefix else "", now, errors, retention)
+        for i, event in enumerate(events)
+    ]
+    errors.raise_if_any()
+    base = _visit(request, services, principal)
+    visits = [_with_context(base, principal, event.context) for event in events]
+    items = [(pipeline.new_row(e, p, v), v) for e, p, v in zip(events, properties, visits)]
+    kept, _dropped = pipeline.run(items)
+    return kept
+
+
+async def track(request: Request) -> Response:
+    services, principal = await _authorised(request)
+    event = schemas.decode_track(await _json_body(request, schemas.TRACK_BODY_LIMIT))
+    await services.writer.write(_rows(request, services, principal, [event], None))
+    return json_response({"ok": True, "event_id": event.event_id}, 202)
+
+
+async def batch(request: Request) -> Response:
+    services, principal = await _authorised(request)
+    body = schemas.decode_batch(await _json_body(request, schemas.BATCH_BODY_LIMIT))
+    await services.writer.write(_rows(request, services, principal, body.events, "events"))
+    return json_response({"ok": True, "count": len(body.events)}, 202)
+
+
+async def identify(request: Request) -> Response:
+    services, principal = await _authorised(request)
+    body = schemas.decode_identify(await _json_body(request, schemas.IDENTIFY_BODY_LIMIT))
+    errors = schemas.FieldErrors()
+    traits = schemas.encode_object(body.traits, "traits", errors)
+    errors.raise_if_any()
+    event = schemas.TrackEvent(event=schemas.IDENTIFY_EVENT, anonymous_id=body.anonymous_id, user_id=body.user_id)
+    visit = _visit(request, services, principal)
+    kept, _dropped = pipeline.run([(pipeline.new_row(event, traits, visit), visit)])
+    await services.writer.write(kept)
+    return json_response({"ok": True})

@@ -1,0 +1,49 @@
+"""Pure ASGI middleware: a request id on every response, and no traceback ever reaches a client."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from millimetric.api.responses import error_response
+from millimetric.errors import ApiError
+
+log = logging.getLogger("millimetric.api")
+_SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _incoming_request_id(scope: Scope) -> bytes | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return value if _SANE_ID.match(value) else None
+    return None
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or secrets.token_hex(8).encode()
+        scope.setdefault("state", {})["request_id"] = request_id.decode()
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error request_id=%s", request_id.decode())
+            if not started:
+                await error_response(ApiError("internal_error"))(scope, receive, send_with_id)

@@ -1,0 +1,202 @@
+"""The `millimetric` command: serve the API, manage projects and keys on the local data directory.
+
+Commands that create or list things take `--json` and then print exactly one JSON document on
+stdout; notes and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from millimetric.auth.keys import KINDS
+from millimetric.settings import Settings
+from millimetric.store.control import ControlPlane, Project
+
+app = typer.Typer(help="Self-hosted, privacy-respecting analytics (Millimetric v1 API).", no_args_is_help=True)
+projects_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
+keys_app = typer.Typer(help="Mint, list and revoke API keys.", no_args_is_help=True)
+app.add_typer(projects_app, name="projects")
+app.add_typer(keys_app, name="keys")
+
+out = Console()
+err = Console(stderr=True)
+
+DEFAULT_PROJECT = "default"
+DEFAULT_ORIGIN = "http://localhost:8787"
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Data directory [env MILLIMETRIC_DATA_DIR].")]
+DatabaseUrl = Annotated[
+    Optional[str], typer.Option("--database-url", help="Control-plane database [env MILLIMETRIC_DATABASE_URL].")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+
+def _control(settings: Settings) -> ControlPlane:
+    control = ControlPlane(settings.control_plane_url, settings.resolved_pepper())
+    control.migrate()
+    return control
+
+
+def _open(data_dir: Path | None, database_url: str | None) -> ControlPlane:
+    return _control(Settings.from_env(data_dir=data_dir, database_url=database_url))
+
+
+def _project_or_exit(control: ControlPlane, ref: str) -> Project:
+    project = control.get_project(ref)
+    if project is None:
+        err.print(f"[red]No project {ref!r}[/red] (see `millimetric projects list`).")
+        raise typer.Exit(1)
+    return project
+
+
+def _print_new_keys(project: Project, tokens: dict[str, str]) -> None:
+    err.print(f"Project [bold]{project.name}[/bold] (slug {project.slug}, id {project.id})")
+    err.print("Keys (shown once, store them now):")
+    for kind, token in tokens.items():
+        out.print(f"  {kind}: {token}", soft_wrap=True, highlight=False)
+
+
+@app.command()
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[Optional[str], typer.Option(help="Bind address [env MILLIMETRIC_HOST].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env MILLIMETRIC_PORT].")] = None,
+    database_url: DatabaseUrl = None,
+    pepper: Annotated[Optional[str], typer.Option(help="Key pepper [env MILLIMETRIC_PEPPER].")] = None,
+    trusted_proxies: Annotated[
+        Optional[str], typer.Option(help="Comma list of proxy CIDRs [env MILLIMETRIC_TRUSTED_PROXIES].")
+    ] = None,
+    log_level: Annotated[Optional[str], typer.Option(help="Log level [env MILLIMETRIC_LOG_LEVEL].")] = None,
+    queue_limit: Annotated[
+        Optional[int], typer.Option(help="Events waiting for a commit before 503 [env MILLIMETRIC_QUEUE_LIMIT].")
+    ] = None,
+) -> None:
+    """Run the API server (creates a `default` project with keys on an empty data directory)."""
+    import uvicorn
+
+    from millimetric.api.app import create_app
+
+    settings = Settings.from_env(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        database_url=database_url,
+        pepper=pepper,
+        trusted_proxies=tuple(p.strip() for p in trusted_proxies.split(",") if p.strip()) if trusted_proxies else None,
+        log_level=log_level,
+        queue_limit=queue_limit,
+    )
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    control = _control(settings)
+    if not control.list_projects():
+        project, tokens = control.create_project(DEFAULT_PROJECT, [DEFAULT_ORIGIN])
+        _print_new_keys(project, tokens)
+    control.close()
+    err.print(f"millimetric serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level.lower(),
+        access_log=False,  # access lines would carry client addresses
+        backlog=4096,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=15,
+        server_header=False,
+    )
+
+
+@projects_app.command("create")
+def projects_create(
+    name: str,
+    origin: Annotated[Optional[list[str]], typer.Option("--origin", help="Allowed browser origin (repeatable).")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a project and print its three new keys (pk, sk, rk) once."""
+    project, tokens = _open(data_dir, database_url).create_project(name, origin or [])
+    if as_json:
+        print(json.dumps({"project": project.public(), "keys": tokens}))
+    else:
+        _print_new_keys(project, tokens)
+
+
+@projects_app.command("list")
+def projects_list(as_json: AsJson = False, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """List projects."""
+    projects = _open(data_dir, database_url).list_projects()
+    if as_json:
+        print(json.dumps({"projects": [p.public() | {"created_at": p.created_at.isoformat()} for p in projects]}))
+        return
+    table = Table("slug", "name", "id", "allowed origins", "created")
+    for p in projects:
+        table.add_row(p.slug, p.name, p.id, ", ".join(p.allowed_origins) or "-", p.created_at.strftime("%Y-%m-%d"))
+    out.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    project: str,
+    kind: Annotated[str, typer.Option(help="pk (browser), sk (server), rk (read) or ak (account read).")],
+    env: Annotated[str, typer.Option(help="live or test (a label).")] = "live",
+    name: Annotated[Optional[str], typer.Option(help="A label for listings.")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Mint a key for PROJECT (slug or id) and print it once."""
+    if kind not in KINDS:
+        err.print(f"[red]--kind must be one of {', '.join(KINDS)}[/red]")
+        raise typer.Exit(2)
+    if env not in ("live", "test"):
+        err.print("[red]--env must be live or test[/red]")
+        raise typer.Exit(2)
+    control = _open(data_dir, database_url)
+    token = control.create_key(_project_or_exit(control, project), kind, env, name)
+    if as_json:
+        print(json.dumps({"key": token, "kind": kind, "env": env, "prefix": token.split("_")[2]}))
+    else:
+        err.print("New key (shown once, store it now):")
+        out.print(token, soft_wrap=True, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    project: str, as_json: AsJson = False, data_dir: DataDir = None, database_url: DatabaseUrl = None
+) -> None:
+    """List PROJECT's keys (never their secrets)."""
+    control = _open(data_dir, database_url)
+    keys = control.list_keys(_project_or_exit(control, project))
+    fields = ("prefix", "kind", "env", "name", "created_at", "last_used_at", "revoked_at")
+
+    def show(value: object) -> str:
+        return value.isoformat() if hasattr(value, "isoformat") else ("" if value is None else str(value))
+
+    if as_json:
+        print(json.dumps({"keys": [{f: show(getattr(k, f)) or None for f in fields} for k in keys]}))
+        return
+    table = Table(*fields)
+    for k in keys:
+        table.add_row(*(show(getattr(k, f)) or "-" for f in fields))
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Revoke the key with PREFIX (running servers stop accepting it within the key-cache TTL)."""
+    if not _open(data_dir, database_url).revoke_key(prefix):
+        err.print(f"[red]No live key with prefix {prefix!r}[/red]")
+        raise typer.Exit(1)
+    err.print(f"Revoked {prefix}.")

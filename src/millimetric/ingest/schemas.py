@@ -1,0 +1,208 @@
+"""Request bodies of the ingest routes (msgspec: one decode + validate pass) and their limits.
+
+msgspec checks types and lengths while decoding; `check_event` adds the rules a type cannot say
+(absolute http(s) URL, timestamp window, reserved names, properties size and depth). Errors come
+back as Zod-style `fieldErrors` (path -> messages), the shape the hosted API answers with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from millimetric.errors import ApiError
+
+TRACK_BODY_LIMIT = 64 * 1024
+IDENTIFY_BODY_LIMIT = 64 * 1024
+BATCH_BODY_LIMIT = 5 * 1024 * 1024
+BATCH_MAX_EVENTS = 1000
+PROPERTIES_MAX_BYTES = 8192
+PROPERTIES_MAX_DEPTH = 32
+FUTURE_TOLERANCE = dt.timedelta(hours=1)
+EARLIEST = dt.datetime(2000, 1, 1)
+RESERVED_EVENTS_ALLOWED = frozenset({"$pageview", "$identify"})
+IDENTIFY_EVENT = "$identify"
+
+
+def _str(min_length: int, max_length: int) -> Any:
+    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length)]
+
+
+class Context(msgspec.Struct):
+    """Visitor details forwarded by a server-side sender (honoured for sk_ keys only)."""
+
+    ip: _str(1, 64) | None = None
+    user_agent: _str(0, 1024) | None = None
+
+
+class TrackEvent(msgspec.Struct):
+    event: _str(1, 128)
+    event_id: _str(1, 128) | None = None
+    timestamp: dt.datetime | None = None
+    anonymous_id: _str(1, 128) | None = None
+    user_id: _str(1, 256) | None = None
+    session_id: _str(1, 128) | None = None
+    url: _str(0, 2048) | None = None
+    path: _str(0, 2048) | None = None
+    referrer: _str(0, 2048) | None = None
+    context: Context | None = None
+    properties: dict[str, Any] | None = None
+
+
+class Batch(msgspec.Struct):
+    events: Annotated[list[TrackEvent], msgspec.Meta(min_length=1, max_length=BATCH_MAX_EVENTS)]
+
+
+class RawBatch(msgspec.Struct):
+    """Used only to report every failing event of a batch, after the fast path failed."""
+
+    events: Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=BATCH_MAX_EVENTS)]
+
+
+class Identify(msgspec.Struct):
+    anonymous_id: _str(1, 128)
+    user_id: _str(1, 256)
+    traits: dict[str, Any] | None = None
+
+
+_track_decoder = msgspec.json.Decoder(TrackEvent)
+_batch_decoder = msgspec.json.Decoder(Batch)
+_raw_batch_decoder = msgspec.json.Decoder(RawBatch)
+_identify_decoder = msgspec.json.Decoder(Identify)
+_encoder = msgspec.json.Encoder()
+
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_AT = " - at `"
+
+
+class FieldErrors(dict[str, list[str]]):
+    def add(self, path: str, message: str) -> None:
+        self.setdefault(path, []).append(message)
+
+    def raise_if_any(self) -> None:
+        if self:
+            raise invalid_payload(self)
+
+
+def invalid_payload(field_errors: dict[str, list[str]] | None = None, form_error: str | None = None) -> ApiError:
+    return ApiError(
+        "invalid_payload",
+        {"fieldErrors": dict(field_errors or {}), "formErrors": [form_error] if form_error else []},
+    )
+
+
+def _field_path(error: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
+    """`Expected ... - at `$.events[3].event`` -> ("events.3.event", "Expected ...")."""
+    text = str(error)
+    message, _, at = text.partition(_AT)
+    parts = [m.group(1) or m.group(2) for m in _PATH_PART.finditer(at.rstrip("`"))]
+    missing = re.match(r"Object missing required field `(.+)`$", message)
+    if missing:
+        parts.append(missing.group(1))
+        message = "Required"
+    return ".".join([p for p in (prefix, *parts) if p]), message
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes, prefix: str = "") -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        path, message = _field_path(exc, prefix)
+        if not path:
+            raise invalid_payload(form_error=message) from None
+        raise invalid_payload({path: [message]}) from None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise invalid_payload(form_error="Body is not valid JSON (UTF-8)") from None
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of decoded JSON, stopping early once past `limit`."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def encode_object(value: dict[str, Any] | None, path: str, errors: FieldErrors) -> str:
+    """Compact JSON text of a properties/traits object, or a field error when too deep or big."""
+    if not value:
+        return "{}"
+    if _depth(value, PROPERTIES_MAX_DEPTH) > PROPERTIES_MAX_DEPTH:
+        errors.add(path, f"Nesting deeper than {PROPERTIES_MAX_DEPTH} levels")
+        return "{}"
+    encoded = _encoder.encode(value)
+    if len(encoded) > PROPERTIES_MAX_BYTES:
+        errors.add(path, f"Encoded size {len(encoded)} bytes exceeds {PROPERTIES_MAX_BYTES}")
+    return encoded.decode()
+
+
+def _absolute_http_url(value: str) -> bool:
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def to_utc_naive(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+def check_event(
+    event: TrackEvent, prefix: str, now: dt.datetime, errors: FieldErrors, retention_days: int | None = None
+) -> str:
+    """Rules beyond types; returns the properties' compact JSON. `now` is naive UTC."""
+    p = f"{prefix}." if prefix else ""
+    if event.event.startswith("$") and event.event not in RESERVED_EVENTS_ALLOWED:
+        errors.add(f"{p}event", "Names starting with '$' are reserved")
+    if event.url is not None and not _absolute_http_url(event.url):
+        errors.add(f"{p}url", "Must be an absolute http(s) URL")
+    if event.timestamp is not None:
+        ts = to_utc_naive(event.timestamp)
+        if ts > now + FUTURE_TOLERANCE:
+            errors.add(f"{p}timestamp", "More than 1 hour in the future")
+        elif ts < EARLIEST:
+            errors.add(f"{p}timestamp", "Before 2000-01-01")
+        elif retention_days is not None and ts < now - dt.timedelta(days=retention_days):
+            errors.add(f"{p}timestamp", f"Older than the project's retention of {retention_days} days")
+    return encode_object(event.properties, f"{p}properties", errors)
+
+
+def decode_track(body: bytes) -> TrackEvent:
+    return _decode(_track_decoder, body)
+
+
+def decode_identify(body: bytes) -> Identify:
+    return _decode(_identify_decoder, body)
+
+
+def decode_batch(body: bytes) -> Batch:
+    """Fast path decodes the whole batch; on failure, name every failing event by index."""
+    try:
+        return _batch_decoder.decode(body)
+    except msgspec.ValidationError:
+        pass
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise invalid_payload(form_error="Body is not valid JSON (UTF-8)") from None
+    raw = _decode(_raw_batch_decoder, body)
+    errors = FieldErrors()
+    for index, item in enumerate(raw.events):
+        try:
+            _track_decoder.decode(item)
+        except msgspec.ValidationError as exc:
+            path, message = _field_path(exc, f"events.{index}")
+            errors.add(path, message)
+    errors.raise_if_any()
+    return Batch(events=[_track_decoder.decode(item) for item in raw.events])

@@ -1,0 +1,94 @@
+"""The one settings object: `MILLIMETRIC_*` environment variables, overridable by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+PEPPER_FILE = "pepper"
+
+
+def _env_bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_list(value: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./millimetric-data")
+    host: str = "127.0.0.1"
+    port: int = 8787
+    database_url: str | None = None
+    clickhouse_url: str | None = None
+    redis_url: str | None = None
+    pepper: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    trust_cf_headers: bool = False
+    log_level: str = "info"
+    rate_limits: bool = True
+    queue_limit: int = 50_000
+    key_cache_ttl: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read `MILLIMETRIC_*` variables; explicit overrides (CLI flags) win when not None."""
+        env = os.environ if environ is None else environ
+        parsers: dict[str, Any] = {
+            "data_dir": Path,
+            "host": str,
+            "port": int,
+            "database_url": str,
+            "clickhouse_url": str,
+            "redis_url": str,
+            "pepper": str,
+            "trusted_proxies": _env_list,
+            "trust_cf_headers": _env_bool,
+            "log_level": str,
+            "rate_limits": lambda v: v.strip().lower() != "off",
+            "queue_limit": int,
+            "key_cache_ttl": float,
+        }
+        values: dict[str, Any] = {}
+        for name, parse in parsers.items():
+            raw = env.get(f"MILLIMETRIC_{name.upper()}")
+            if raw not in (None, ""):
+                values[name] = parse(raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        for cidr in settings.trusted_proxies:
+            ipaddress.ip_network(cidr, strict=False)  # fail at start-up, not per request
+        return settings
+
+    @property
+    def control_plane_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'control.sqlite3').resolve()}"
+
+    @property
+    def event_store_path(self) -> Path:
+        return self.data_dir / "events.duckdb"
+
+    def resolved_pepper(self) -> str:
+        """The key pepper: configured, or generated once and kept in the data directory."""
+        if self.pepper:
+            return self.pepper
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / PEPPER_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        pepper = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as f:
+            f.write(pepper + "\n")
+        return pepper

@@ -1,0 +1,76 @@
+"""The embedded event store: one DuckDB file owned by the server process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+import msgspec
+import pyarrow as pa
+
+from millimetric.store.rows import COLUMNS, EventRow
+
+_TYPES = {
+    "project_id": ("VARCHAR", pa.string()),
+    "timestamp": ("TIMESTAMP", pa.timestamp("us")),
+    "seq": ("BIGINT", pa.int64()),
+}
+_DEFAULT = ("VARCHAR", pa.string())
+TABLE_COLUMNS = ("seq", *COLUMNS)
+ARROW_SCHEMA = pa.schema([(name, _TYPES.get(name, _DEFAULT)[1]) for name in TABLE_COLUMNS])
+_DDL = "CREATE TABLE IF NOT EXISTS events ({})".format(
+    ", ".join(f'"{name}" {_TYPES.get(name, _DEFAULT)[0]}' for name in TABLE_COLUMNS)
+)
+
+
+class DuckDBEventStore:
+    """Appends happen on one writer thread; reads use their own cursors (one per call)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = duckdb.connect(str(path))
+        self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute(_DDL)
+        self._next_seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        self._writer = self._db.cursor()
+        self._lock = threading.Lock()
+
+    def append(self, rows: list[EventRow]) -> None:
+        """Write rows in one transaction; returns only after DuckDB committed (WAL synced)."""
+        if not rows:
+            return
+        with self._lock:
+            first = self._next_seq
+            columns = list(zip(*(msgspec.structs.astuple(row) for row in rows)))
+            arrays = [pa.array(range(first, first + len(rows)), pa.int64())]
+            arrays += [pa.array(values, ARROW_SCHEMA.field(i + 1).type) for i, values in enumerate(columns)]
+            batch = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+            cur = self._writer
+            cur.register("incoming", batch)
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    cur.execute("INSERT INTO events SELECT * FROM incoming")
+                    cur.execute("COMMIT")
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+            finally:
+                cur.unregister("incoming")
+            self._next_seq = first + len(rows)
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self._db.cursor()
+        cur.execute("SET TimeZone = 'UTC'")
+        return cur
+
+    def ping(self) -> None:
+        with self.cursor() as cur:
+            cur.execute("SELECT 1").fetchone()
+
+    def close(self) -> None:
+        with self._lock:
+            self._writer.close()
+            self._db.execute("CHECKPOINT")
+            self._db.close()

@@ -1,0 +1,36 @@
+"""The shape of one stored event: every column of SPEC section 5's row, in table order."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import msgspec
+
+
+class EventRow(msgspec.Struct):
+    """Built by the ingest pipeline, written by an event store. `seq` is assigned by the store."""
+
+    project_id: str
+    timestamp: dt.datetime  # naive UTC
+    event_name: str
+    event_id: str | None = None
+    anonymous_id: str = ""
+    user_id: str | None = None
+    session_id: str = ""
+    source: str = ""
+    medium: str = ""
+    campaign: str | None = None
+    source_confidence: str = ""
+    source_rule_id: str = ""
+    referrer: str | None = None
+    url: str | None = None
+    path: str | None = None
+    country: str = ""
+    device_type: str = ""
+    browser: str = ""
+    os: str = ""
+    ip_hash: str = ""
+    properties: str = "{}"  # compact JSON text
+
+
+COLUMNS: tuple[str, ...] = EventRow.__struct_fields__
