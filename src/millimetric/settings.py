@@ -35,6 +35,7 @@ class Settings:
     rate_limits: bool = True
     queue_limit: int = 50_000
     key_cache_ttl: float = 60.0
+    bench_routes: bool = False  # POST /bench/noop, a do-nothing route for bench/ingest.py's ceiling
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -54,6 +55,7 @@ class Settings:
             "rate_limits": lambda v: v.strip().lower() != "off",
             "queue_limit": int,
             "key_cache_ttl": float,
+            "bench_routes": _env_bool,
         }
         values: dict[str, Any] = {}
         for name, parse in parsers.items():

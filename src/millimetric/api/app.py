@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from millimetric.api import health, ingest
 from millimetric.api.middleware import RequestIdMiddleware
-from millimetric.api.responses import error_response
+from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError
 from millimetric.settings import Settings
@@ -30,6 +30,14 @@ ROUTES = [
     Route("/v1/identify", ingest.identify, methods=["POST"]),
     Route("/healthz", health.healthz, methods=["GET"]),
 ]
+
+
+async def _bench_noop(_request: Request) -> Response:
+    """The ceiling for bench/ingest.py: same app and middleware, no work (MILLIMETRIC_BENCH_ROUTES=1)."""
+    return json_response({"ok": True})
+
+
+BENCH_ROUTES = [Route("/bench/noop", _bench_noop, methods=["POST"])]
 
 
 async def _api_error(_request: Request, exc: Exception) -> Response:
@@ -66,7 +74,7 @@ def create_app(settings: Settings) -> Starlette:
             await asyncio.to_thread(services.close)
 
     return Starlette(
-        routes=ROUTES,
+        routes=ROUTES + (BENCH_ROUTES if settings.bench_routes else []),
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,

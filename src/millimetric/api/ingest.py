@@ -59,19 +59,10 @@ def _utcnow() -> dt.datetime:
 def _rows(
     request: Request, services: Services, principal: Principal, events: list[schemas.TrackEvent], prefix: str | None
 ) -> list[EventRow]:
-    """Validate every event (all-or-nothing), then run each through the pipeline."""
-    now = _utcnow()
-    retention = principal.project.retention_days if principal.project else None
-    errors = schemas.FieldErrors()
-    properties = [
-        schemas.check_event(event, f"{prefix}.{i}" if prefix else "", now, errors, retention)
-        for i, event in enumerate(events)
-    ]
-    errors.raise_if_any()
     base = _visit(request, services, principal)
     visits = [_with_context(base, principal, event.context) for event in events]
-    items = [(pipeline.new_row(e, p, v), v) for e, p, v in zip(events, properties, visits)]
-    kept, _dropped = pipeline.run(items)
+    retention = principal.project.retention_days if principal.project else None
+    kept, _dropped = pipeline.accept(events, visits, retention, prefix)
     return kept
 
 

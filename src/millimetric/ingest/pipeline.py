@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+from millimetric.ingest import schemas
 from millimetric.ingest.ids import derive_ids
 from millimetric.ingest.schemas import TrackEvent, to_utc_naive
 from millimetric.ingest.visit import Visit
@@ -53,3 +54,20 @@ def run(
         else:
             kept.append(row)
     return kept, dropped
+
+
+def accept(
+    events: list[TrackEvent], visits: list[Visit], retention_days: int | None, field_prefix: str | None = None
+) -> tuple[list[EventRow], Counter[str]]:
+    """Validate every event first (all-or-nothing: ApiError invalid_payload), then run the steps.
+
+    The one write path: the HTTP routes and `millimetric import` both come through here.
+    """
+    now = visits[0].received_at if visits else None
+    errors = schemas.FieldErrors()
+    properties = [
+        schemas.check_event(event, f"{field_prefix}.{i}" if field_prefix else "", now, errors, retention_days)
+        for i, event in enumerate(events)
+    ]
+    errors.raise_if_any()
+    return run([(new_row(e, p, v), v) for e, p, v in zip(events, properties, visits)])
