@@ -1,0 +1,543 @@
+"""Ingest benchmark: a real `millimetric serve` process driven by wrk in another process.
+
+    .venv/bin/python bench/ingest.py [--duration 10] [--connections 64] [--threads 1] ...
+
+What it does, in order:
+1. a fresh temporary data directory; a project made with the CLI (`projects create --json`, whose
+   sk key authenticates every request); `millimetric serve` on a free port with rate limits off and
+   the bench-only route `POST /bench/noop` enabled (MILLIMETRIC_BENCH_ROUTES=1);
+2. per scenario, a warm-up run then a measured run of wrk with bench/lua/post.lua:
+   - noop:  POST /bench/noop with the track body (same app and middleware, no work: the ceiling),
+   - track: POST /v1/track with a ~400-byte event (name, url with utm params, referrer,
+            anonymous_id, properties),
+   - batch: POST /v1/batch with --batch-size (100) such events;
+3. SIGTERM to the server (it drains its queue and checkpoints), then the events table is counted
+   read-only with DuckDB for bytes per event on disk;
+4. prints the figures, the targets of issue 2 and whether each is met, and writes everything to
+   bench/results/ingest-<timestamp>.json.
+
+The server's CPU use during each measured run (per thread: the event loop, the writer, DuckDB's
+pool) and wrk's own CPU use are recorded too: on a 2-core machine the load generator competes with
+the server, and these figures tell whether the server was the bottleneck.
+
+`--profile` attaches py-spy (`pip install py-spy`) to the server during each measured run and
+prints the top functions by own time per thread (speedscope files kept next to the results).
+Profiling costs the server throughput: read the figures of a profiled run as evidence of where the
+time goes, not as the benchmark result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import json
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_SCRIPT = ROOT / "bench" / "lua" / "post.lua"
+RESULTS_DIR = ROOT / "bench" / "results"
+ORIGIN = "https://shop.example.com"
+WRK_MARK = "WRK_JSON "
+
+# Issue 2, "Done when": figures on the 2-core machine.
+TARGET_TRACK_RPS = 5_000
+TARGET_TRACK_VS_NOOP = 0.40
+TARGET_BATCH_EVENTS_PER_S = 100_000
+TARGET_TRACK_P99_MS = 25.0
+
+SCENARIOS = {
+    # name: (path, events per request)
+    "noop": ("/bench/noop", 0),
+    "track": ("/v1/track", 1),
+    "batch": ("/v1/batch", None),  # --batch-size
+}
+
+
+# Request bodies ---------------------------------------------------------------------------------
+_EVENTS = ["$pageview", "product_viewed", "add_to_cart", "checkout_started", "signup_clicked"]
+_PAGES = ["/products/alpine-jacket", "/products/trail-runner-2", "/pricing", "/blog/layering-guide", "/cart"]
+_SOURCES = [("newsletter", "email", "autumn_sale"), ("google", "cpc", "brand_search"),
+            ("facebook", "paid_social", "retargeting_q4"), ("partner_blog", "referral", "gear_review")]
+_REFERRERS = ["https://www.google.com/", "https://news.ycombinator.com/item?id=41234567",
+              "https://www.facebook.com/", "https://duckduckgo.com/", "https://t.co/Ab12Cd34Ef"]
+
+
+def track_event(rng: random.Random) -> dict[str, Any]:
+    """One realistic browser event (about 400 bytes of JSON)."""
+    source, medium, campaign = rng.choice(_SOURCES)
+    anon = "".join(rng.choices(string.ascii_lowercase + string.digits, k=26))
+    return {
+        "event": rng.choice(_EVENTS),
+        "anonymous_id": f"anon_{anon}",
+        "url": f"https://shop.example.com{rng.choice(_PAGES)}?utm_source={source}&utm_medium={medium}"
+        f"&utm_campaign={campaign}&utm_content=hero_banner",
+        "referrer": rng.choice(_REFERRERS),
+        "properties": {
+            "product_id": f"sku_{rng.randint(10000, 99999)}",
+            "category": rng.choice(["outerwear", "footwear", "accessories"]),
+            "price": round(rng.uniform(9, 400), 2),
+            "currency": "EUR",
+            "quantity": rng.randint(1, 3),
+            "logged_in": rng.random() < 0.3,
+            "experiment": "pdp_layout_v2",
+            "variant": rng.choice(["control", "b"]),
+        },
+    }
+
+
+def write_bodies(path: Path, count: int, events_per_body: int | None, seed: int) -> int:
+    """`count` distinct bodies, one per line; returns the mean body size in bytes."""
+    rng = random.Random(seed)
+    sizes = []
+    with path.open("w") as f:
+        for _ in range(count):
+            doc = track_event(rng) if events_per_body is None else {
+                "events": [track_event(rng) for _ in range(events_per_body)]
+            }
+            line = json.dumps(doc, separators=(",", ":"))
+            sizes.append(len(line.encode()))
+            f.write(line + "\n")
+    return round(sum(sizes) / len(sizes))
+
+
+# The server -------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without any MILLIMETRIC_* setting (no stray database URL etc.)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLIMETRIC_")}
+    return {**env, **(extra or {})}
+
+
+def create_project(data_dir: Path) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "millimetric", "projects", "create", "bench", "--origin", ORIGIN, "--json",
+         "--data-dir", str(data_dir)],
+        capture_output=True, text=True, env=child_env(), cwd=ROOT,
+    )
+    if proc.returncode != 0:
+        sys.exit(f"`millimetric projects create` failed ({proc.returncode}):\n{proc.stderr}")
+    return json.loads(proc.stdout)
+
+
+class Server:
+    def __init__(self, data_dir: Path, log_path: Path, extra_env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = child_env({
+            "MILLIMETRIC_RATE_LIMITS": "off",
+            "MILLIMETRIC_LOG_LEVEL": "warning",
+            "MILLIMETRIC_BENCH_ROUTES": "1",
+            **extra_env,
+        })
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "millimetric", "serve", "--data-dir", str(self.data_dir),
+             "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                sys.exit(f"server exited early ({self.proc.returncode}):\n{self.log_path.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        self.kill()
+        sys.exit(f"server did not become healthy in {timeout:.0f}s:\n{self.log_path.read_text()}")
+
+    def stop(self, timeout: float = 120.0) -> tuple[int | None, float]:
+        """SIGTERM (the server drains and checkpoints); returns (exit code, seconds it took)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return (self.proc.returncode if self.proc else None), 0.0
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None, time.monotonic() - started
+        return code, time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# CPU accounting ---------------------------------------------------------------------------------
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread group of a process: the main thread (the event loop) by itself,
+    the others by their name (`millimetric-wri`, DuckDB's pool, asyncio.to_thread workers...)."""
+    groups: dict[str, float] = collections.defaultdict(float)
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return {}
+    for tid in tids:
+        try:
+            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+        groups["main (event loop)" if tid == str(pid) else comm] += seconds
+    return dict(groups)
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Percent of one core per thread group over `seconds`, plus the total."""
+    out = {name: round(100 * (after.get(name, 0.0) - before.get(name, 0.0)) / seconds, 1) for name in after}
+    out = {k: v for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v >= 0.5}
+    out["total"] = round(sum(v for k, v in out.items()), 1)
+    return out
+
+
+# wrk ----------------------------------------------------------------------------------------------
+def run_wrk(args: argparse.Namespace, url: str, token: str, bodies: Path, seconds: float) -> dict[str, Any]:
+    cmd = [
+        args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--timeout", f"{args.timeout:g}s",
+        "-s", str(LUA_SCRIPT), url, "--", token, str(bodies),
+    ]
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    line = next((l for l in proc.stdout.splitlines() if l.startswith(WRK_MARK)), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    result = json.loads(line[len(WRK_MARK):])
+    cpu = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    result["wrk_cpu_percent"] = round(100 * cpu / (result["duration_us"] / 1e6), 1)
+    result["non_2xx_note"] = "wrk counts status >= 400 as errors.status"
+    return result
+
+
+# py-spy -------------------------------------------------------------------------------------------
+def start_profiler(args: argparse.Namespace, pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    py_spy = args.py_spy or shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists() and not shutil.which(py_spy):
+        print("  (py-spy not found: `.venv/bin/pip install py-spy`; profiling skipped)")
+        return None
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(args.profile_rate),
+         "--format", "speedscope", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def summarise_speedscope(path: Path, top: int) -> dict[str, Any]:
+    """Top functions by own time (the innermost frame of each sample) and by total time, per thread."""
+    doc = json.loads(path.read_text())
+    frames = doc["shared"]["frames"]
+
+    def label(index: int) -> str:
+        f = frames[index]
+        file = f.get("file") or ""
+        short = "/".join(file.split("/")[-2:]) if file else "?"
+        return f"{f['name']} ({short}:{f.get('line', '?')})"
+
+    threads = {}
+    for profile in doc["profiles"]:
+        own: collections.Counter[str] = collections.Counter()
+        total: collections.Counter[str] = collections.Counter()
+        weights = profile.get("weights") or [1] * len(profile["samples"])
+        count = 0
+        for stack, weight in zip(profile["samples"], weights):
+            if not stack:
+                continue
+            count += weight
+            own[label(stack[-1])] += weight
+            for name in {label(i) for i in stack}:
+                total[name] += weight
+        if not count:
+            continue
+        threads[profile["name"]] = {
+            "samples": count,
+            "own": [(name, round(100 * n / count, 1)) for name, n in own.most_common(top)],
+            "total": [(name, round(100 * n / count, 1)) for name, n in total.most_common(top)],
+        }
+    return threads
+
+
+# Machine ------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ram_gib = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "?"
+    try:
+        wrk_version = subprocess.run([ "wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    except OSError:
+        wrk_version = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": ram_gib,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_commit": commit,
+        "wrk": wrk_version.strip(),
+    }
+
+
+# Main ---------------------------------------------------------------------------------------------
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10, help="measured seconds per scenario (default 10)")
+    p.add_argument("--warmup", type=float, default=3, help="warm-up seconds before each scenario (default 3)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads (default 1: the server keeps most of a core)")
+    p.add_argument("--timeout", type=float, default=10, help="wrk request timeout in seconds (default 10)")
+    p.add_argument("--batch-size", type=int, default=100, help="events per /v1/batch request (default 100)")
+    p.add_argument("--bodies", type=int, default=256,
+                   help="distinct bodies per scenario, cycled by wrk (default 256; 1 = one fixed body)")
+    p.add_argument("--scenarios", default="noop,track,batch", help="comma list, run in this order")
+    p.add_argument("--pause", type=float, default=1.0, help="seconds of rest between runs (the writer drains)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (data, bodies, server log)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment for the server (repeatable), e.g. MILLIMETRIC_QUEUE_LIMIT=100000")
+    p.add_argument("--profile", action="store_true", help="py-spy the server during each measured run")
+    p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second (default 200)")
+    p.add_argument("--profile-top", type=int, default=15, help="functions listed per thread (default 15)")
+    p.add_argument("--py-spy", default=None, help="path to py-spy (default: PATH, then the venv)")
+    p.add_argument("--wrk", default="wrk", help="path to wrk (default: wrk on PATH)")
+    p.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
+    args = p.parse_args()
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    if not shutil.which(args.wrk):
+        p.error(f"wrk not found ({args.wrk}); `apt-get install wrk`")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    work = Path(tempfile.mkdtemp(prefix="millimetric-bench-"))
+    data_dir = work / "data"
+    results: dict[str, Any] = {
+        "benchmark": "ingest",
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "scenarios": {},
+    }
+    m = results["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM; Python {m['python']}; "
+          f"commit {m['git_commit']}; {m['wrk']}")
+    print(f"wrk: {args.threads} thread(s), {args.connections} connections, {args.warmup:g}s warm-up + "
+          f"{args.duration:g}s measured per scenario; {args.bodies} distinct bodies per scenario")
+    print(f"work dir: {work}")
+
+    bodies = {
+        "track": work / "track.jsonl",
+        "batch": work / "batch.jsonl",
+    }
+    track_size = write_bodies(bodies["track"], max(1, args.bodies), None, seed=1)
+    batch_size = write_bodies(bodies["batch"], max(1, min(args.bodies, 64)), args.batch_size, seed=2)
+    results["body_bytes"] = {"track": track_size, "batch": batch_size}
+    print(f"bodies: track ~{track_size} B, batch of {args.batch_size} ~{batch_size} B")
+
+    doc = create_project(data_dir)
+    token = doc["keys"]["sk"]
+    extra_env = dict(item.split("=", 1) for item in args.server_env)
+    server = Server(data_dir, work / "server.log", extra_env)
+    accepted_events = 0
+    try:
+        server.start()
+        assert server.proc is not None
+        print(f"server: pid {server.proc.pid} on {server.url}\n")
+        for name in args.scenarios:
+            path, per_request = SCENARIOS[name]
+            per_request = args.batch_size if per_request is None else per_request
+            url = server.url + path
+            body_file = bodies["batch" if name == "batch" else "track"]
+            if args.warmup > 0:
+                warm = run_wrk(args, url, token, body_file, args.warmup)
+                accepted_events += (warm["requests"] - warm["errors"]["status"]) * per_request
+                time.sleep(args.pause)
+            profiler = None
+            if args.profile:
+                profile_path = args.results / f"ingest-{stamp}-{name}.speedscope.json"
+                args.results.mkdir(parents=True, exist_ok=True)
+                profiler = start_profiler(args, server.proc.pid, args.duration, profile_path)
+                time.sleep(0.5)  # let py-spy attach before the load starts
+            cpu_before, t0 = thread_cpu(server.proc.pid), time.monotonic()
+            run = run_wrk(args, url, token, body_file, args.duration)
+            cpu_after, elapsed = thread_cpu(server.proc.pid), time.monotonic() - t0
+            seconds = run["duration_us"] / 1e6
+            ok = run["requests"] - run["errors"]["status"]
+            accepted_events += ok * per_request
+            lat = run["latency_us"]
+            figures = {
+                "path": path,
+                "requests": run["requests"],
+                "requests_per_s": round(run["requests"] / seconds, 1),
+                "events_per_request": per_request,
+                "events_per_s": round(ok * per_request / seconds, 1),
+                "p50_ms": round(lat["p50"] / 1000, 2),
+                "p99_ms": round(lat["p99"] / 1000, 2),
+                "p999_ms": round(lat["p999"] / 1000, 2),
+                "max_ms": round(lat["max"] / 1000, 2),
+                "mean_ms": round(lat["mean"] / 1000, 2),
+                "non_2xx": run["errors"]["status"],
+                "socket_errors": {k: v for k, v in run["errors"].items() if k != "status"},
+                "server_cpu_percent": cpu_delta(cpu_before, cpu_after, elapsed),
+                "wrk_cpu_percent": run["wrk_cpu_percent"],
+                "wrk": run,
+            }
+            if profiler is not None:
+                _, err = profiler.communicate(timeout=args.duration + 60)
+                if profiler.returncode == 0 and profile_path.exists():
+                    figures["profile"] = {"speedscope": str(profile_path),
+                                          "threads": summarise_speedscope(profile_path, args.profile_top)}
+                else:
+                    print(f"  py-spy failed ({profiler.returncode}): {err.strip()[-500:]}")
+            results["scenarios"][name] = figures
+            print_scenario(name, figures)
+            time.sleep(args.pause)
+    finally:
+        code, stop_seconds = server.stop()
+    results["server_stop"] = {"exit_code": code, "seconds": round(stop_seconds, 2)}
+    print(f"server stopped by SIGTERM: exit code {code} after {stop_seconds:.1f}s")
+
+    results["storage"] = storage(data_dir, accepted_events)
+    s = results["storage"]
+    print(f"storage: {s['stored_events']:,} events stored ({s['accepted_events_counted']:,} answered 2xx "
+          f"as counted by wrk), {s['bytes_on_disk']:,} bytes in events.duckdb(+.wal): "
+          f"{s['bytes_per_event']} bytes/event")
+
+    results["targets"] = targets(results["scenarios"])
+    print_targets(results["targets"], results["scenarios"])
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    out = args.results / f"ingest-{stamp}.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    if args.keep:
+        print(f"kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def storage(data_dir: Path, accepted: int) -> dict[str, Any]:
+    import duckdb
+
+    db = data_dir / "events.duckdb"
+    wal = data_dir / "events.duckdb.wal"
+    size = sum(p.stat().st_size for p in (db, wal) if p.exists())
+    with duckdb.connect(str(db), read_only=True) as con:
+        stored = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    return {
+        "stored_events": stored,
+        "accepted_events_counted": accepted,
+        "missing": max(0, accepted - stored),  # > 0 would mean a 2xx answered event is not stored
+        "bytes_on_disk": size,
+        "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        "bytes_per_event": round(size / stored, 1) if stored else None,
+    }
+
+
+def print_scenario(name: str, f: dict[str, Any]) -> None:
+    cpu = ", ".join(f"{k} {v:g}%" for k, v in f["server_cpu_percent"].items())
+    socket_errors = sum(f["socket_errors"].values())
+    line = f"{name:>5}  {f['path']:<12} {f['requests_per_s']:>10,.0f} req/s"
+    if f["events_per_request"]:
+        line += f"  {f['events_per_s']:>10,.0f} events/s"
+    line += f"  p50 {f['p50_ms']:>6.2f} ms  p99 {f['p99_ms']:>6.2f} ms  non-2xx {f['non_2xx']}"
+    if socket_errors:
+        line += f"  socket errors {f['socket_errors']}"
+    print(line)
+    print(f"       server CPU: {cpu}; wrk CPU {f['wrk_cpu_percent']:g}%")
+    for thread, prof in (f.get("profile") or {}).get("threads", {}).items():
+        print(f"       py-spy {thread} ({prof['samples']} samples), own time:")
+        for fn, pct in prof["own"]:
+            print(f"         {pct:5.1f}%  {fn}")
+
+
+def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
+    track, batch, noop = scenarios.get("track"), scenarios.get("batch"), scenarios.get("noop")
+    out = []
+    if track:
+        out.append({"target": f"/v1/track >= {TARGET_TRACK_RPS:,} requests/s",
+                    "value": track["requests_per_s"], "met": track["requests_per_s"] >= TARGET_TRACK_RPS})
+        out.append({"target": f"/v1/track p99 < {TARGET_TRACK_P99_MS:g} ms",
+                    "value": track["p99_ms"], "met": track["p99_ms"] < TARGET_TRACK_P99_MS})
+        out.append({"target": "/v1/track all 2xx", "value": track["non_2xx"], "met": track["non_2xx"] == 0})
+    if track and noop:
+        ratio = track["requests_per_s"] / noop["requests_per_s"] if noop["requests_per_s"] else 0.0
+        out.append({"target": f"/v1/track >= {TARGET_TRACK_VS_NOOP:.0%} of /bench/noop requests/s",
+                    "value": round(ratio, 3), "met": ratio >= TARGET_TRACK_VS_NOOP})
+    if batch:
+        out.append({"target": f"/v1/batch >= {TARGET_BATCH_EVENTS_PER_S:,} events/s",
+                    "value": batch["events_per_s"], "met": batch["events_per_s"] >= TARGET_BATCH_EVENTS_PER_S})
+        out.append({"target": "/v1/batch all 2xx", "value": batch["non_2xx"], "met": batch["non_2xx"] == 0})
+    return out
+
+
+def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any]) -> None:
+    if "track" in scenarios and "noop" in scenarios:
+        t, n = scenarios["track"]["requests_per_s"], scenarios["noop"]["requests_per_s"]
+        print(f"ratio track/noop: {t:,.0f} / {n:,.0f} = {t / n:.1%}" if n else "ratio track/noop: n/a")
+    print("targets (issue 2):")
+    for c in checks:
+        value = c["value"]
+        shown = f"{value:.1%}" if isinstance(value, float) and value < 1.5 and "of" in c["target"] else f"{value:,}"
+        print(f"  [{'met' if c['met'] else 'MISSED'}] {c['target']}: {shown}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
