@@ -219,7 +219,7 @@ def test_each_domain_is_listed_once_and_is_not_a_public_suffix():
         assert "." in domain and extract(domain).suffix != domain, domain
 
 
-@pytest.mark.parametrize(("param", "source"), SIGNALS["click_ids"].items())
+@pytest.mark.parametrize(("param", "source"), list(SIGNALS["click_ids"].items()))
 def test_click_ids(param, source):
     assert classify(f"{PAGE}?{param}=1", None) == (source, "paid", None, "high", f"click_id_{param}")
 

@@ -19,7 +19,8 @@ def control(request, tmp_path) -> ControlPlane:
     plane.migrate()
     if request.param == "postgresql":  # the database is shared by the run: start each test empty
         with plane.engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM api_keys; DELETE FROM projects; DELETE FROM accounts"))
+            for table in ("dropped_events", "tombstones", "forget_jobs", "salts", "api_keys", "projects", "accounts"):
+                conn.execute(sa.text(f"DELETE FROM {table}"))
     yield plane
     plane.close()
 

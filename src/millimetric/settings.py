@@ -35,6 +35,7 @@ class Settings:
     rate_limits: bool = True
     queue_limit: int = 50_000
     key_cache_ttl: float = 60.0
+    forget_tombstone_days: int = 30
     bench_routes: bool = False  # POST /bench/noop, a do-nothing route for bench/ingest.py's ceiling
 
     @classmethod
@@ -55,6 +56,7 @@ class Settings:
             "rate_limits": lambda v: v.strip().lower() != "off",
             "queue_limit": int,
             "key_cache_ttl": float,
+            "forget_tombstone_days": int,
             "bench_routes": _env_bool,
         }
         values: dict[str, Any] = {}

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import health, ingest
+from millimetric.api import forget, health, ingest
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
@@ -22,12 +22,14 @@ from millimetric.errors import ApiError
 from millimetric.settings import Settings
 
 log = logging.getLogger("millimetric.api")
-LAST_USED_FLUSH_SECONDS = 30.0
+COUNTERS_FLUSH_SECONDS = 30.0
 
 ROUTES = [
     Route("/v1/track", ingest.track, methods=["POST"]),
     Route("/v1/batch", ingest.batch, methods=["POST"]),
     Route("/v1/identify", ingest.identify, methods=["POST"]),
+    Route("/v1/forget", forget.forget, methods=["POST"]),
+    Route("/v1/forget/{job_id}", forget.forget_status, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
 ]
 
@@ -52,13 +54,13 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return error_response(ApiError(code, headers=dict(exc.headers or {})))
 
 
-async def _flush_last_used(services: Services) -> None:
+async def _flush_counters(services: Services) -> None:
     while True:
-        await asyncio.sleep(LAST_USED_FLUSH_SECONDS)
+        await asyncio.sleep(COUNTERS_FLUSH_SECONDS)
         try:
-            await asyncio.to_thread(services.keys.flush_last_used)
+            await asyncio.to_thread(services.flush_counters)
         except Exception:
-            log.exception("could not record last_used_at")
+            log.exception("could not record key use and dropped-event counts")
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -66,11 +68,15 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await asyncio.to_thread(Services.open, settings)
         app.state.services = services
-        flusher = asyncio.create_task(_flush_last_used(services))
+        background = [
+            asyncio.create_task(_flush_counters(services)),
+            asyncio.create_task(services.forget.run_forever()),
+        ]
         try:
             yield
         finally:
-            flusher.cancel()
+            for task in background:
+                task.cancel()
             await asyncio.to_thread(services.close)
 
     return Starlette(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -33,9 +31,8 @@ async def _json_body(request: Request, limit: int) -> bytes:
 
 def _visit(request: Request, services: Services, principal: Principal) -> Visit:
     assert principal.project is not None  # ingest kinds are project keys
-    return Visit(
-        project_id=principal.project.id,
-        received_at=_utcnow(),
+    return services.visits.visit(
+        principal.project,
         ip=client_ip(request, services.trusted_proxies),
         user_agent=request.headers.get("user-agent", ""),
         request_host=(request.headers.get("host") or "").split(":")[0].lower(),
@@ -52,17 +49,14 @@ def _with_context(visit: Visit, principal: Principal, context: schemas.Context |
     )
 
 
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-
-
 def _rows(
     request: Request, services: Services, principal: Principal, events: list[schemas.TrackEvent], prefix: str | None
 ) -> list[EventRow]:
     base = _visit(request, services, principal)
     visits = [_with_context(base, principal, event.context) for event in events]
     retention = principal.project.retention_days if principal.project else None
-    kept, _dropped = pipeline.accept(events, visits, retention, prefix)
+    kept, dropped = pipeline.accept(events, visits, retention, prefix)
+    services.count_dropped(base.project_id, dropped)
     return kept
 
 
@@ -88,6 +82,7 @@ async def identify(request: Request) -> Response:
     errors.raise_if_any()
     event = schemas.TrackEvent(event=schemas.IDENTIFY_EVENT, anonymous_id=body.anonymous_id, user_id=body.user_id)
     visit = _visit(request, services, principal)
-    kept, _dropped = pipeline.run([(pipeline.new_row(event, traits, visit), visit)])
+    kept, dropped = pipeline.run([(pipeline.new_row(event, traits, visit), visit)])
+    services.count_dropped(visit.project_id, dropped)
     await services.writer.write(kept)
     return json_response({"ok": True})

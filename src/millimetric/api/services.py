@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 from millimetric.api.client import Network, parse_networks
 from millimetric.auth.guard import KeyResolver
+from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
+from millimetric.privacy.forget import ForgetRunner
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane
 from millimetric.store.duckdb_events import DuckDBEventStore
@@ -19,25 +22,41 @@ class Services:
     events: DuckDBEventStore
     writer: Writer
     keys: KeyResolver
+    visits: VisitFactory
+    forget: ForgetRunner
     trusted_proxies: tuple[Network, ...]
+    dropped: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
 
     @classmethod
     def open(cls, settings: Settings) -> "Services":
         control = ControlPlane(settings.control_plane_url, settings.resolved_pepper())
         control.migrate()
         events = DuckDBEventStore(settings.event_store_path)
+        visits = VisitFactory(control)
         return cls(
             settings=settings,
             control=control,
             events=events,
             writer=Writer(events, settings.queue_limit),
             keys=KeyResolver(control, settings.key_cache_ttl),
+            visits=visits,
+            forget=ForgetRunner(control, events, visits, settings.forget_tombstone_days),
             trusted_proxies=parse_networks(settings.trusted_proxies),
         )
+
+    def count_dropped(self, project_id: str, reasons: Counter[str]) -> None:
+        for reason, n in reasons.items():
+            self.dropped[(project_id, reason)] += n
+
+    def flush_counters(self) -> None:
+        """Write coalesced bookkeeping (key last-use times, dropped-event counts)."""
+        self.keys.flush_last_used()
+        pending, self.dropped = self.dropped, Counter()
+        self.control.add_dropped(dict(pending))
 
     def close(self) -> None:
         """Drain queued events first: nothing accepted is dropped on shutdown."""
         self.writer.close()
-        self.keys.flush_last_used()
+        self.flush_counters()
         self.events.close()
         self.control.close()

@@ -10,14 +10,18 @@ from collections import Counter
 from typing import Callable
 
 from millimetric.ingest import schemas
+from millimetric.ingest.forgotten import drop_forgotten
 from millimetric.ingest.ids import derive_ids
 from millimetric.ingest.schemas import TrackEvent, to_utc_naive
 from millimetric.ingest.visit import Visit
+from millimetric.ingest.visitor_hash import put_ip_hash
 from millimetric.store.rows import EventRow
 
 Step = Callable[[EventRow, Visit], "str | None"]
 
 STEPS: tuple[Step, ...] = (
+    drop_forgotten,
+    put_ip_hash,
     derive_ids,
 )
 

@@ -107,7 +107,8 @@ def _field_path(error: msgspec.ValidationError, prefix: str = "") -> tuple[str, 
     return ".".join([p for p in (prefix, *parts) if p]), message
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes, prefix: str = "") -> Any:
+def decode_with(decoder: msgspec.json.Decoder, body: bytes, prefix: str = "") -> Any:
+    """Decode and validate; failures become 400 invalid_payload with field paths."""
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as exc:
@@ -181,11 +182,11 @@ def check_event(
 
 
 def decode_track(body: bytes) -> TrackEvent:
-    return _decode(_track_decoder, body)
+    return decode_with(_track_decoder, body)
 
 
 def decode_identify(body: bytes) -> Identify:
-    return _decode(_identify_decoder, body)
+    return decode_with(_identify_decoder, body)
 
 
 def decode_batch(body: bytes) -> Batch:
@@ -196,7 +197,7 @@ def decode_batch(body: bytes) -> Batch:
         pass
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise invalid_payload(form_error="Body is not valid JSON (UTF-8)") from None
-    raw = _decode(_raw_batch_decoder, body)
+    raw = decode_with(_raw_batch_decoder, body)
     errors = FieldErrors()
     for index, item in enumerate(raw.events):
         try:

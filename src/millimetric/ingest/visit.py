@@ -1,9 +1,20 @@
-"""What the server knows about the request an event arrived with (never stored as such)."""
+"""What the server knows about the request an event arrived with (never stored as such).
+
+`VisitFactory` gathers the per-request inputs the pipeline steps need (today's salt, the project's
+bot setting, its tombstones) so that each step stays a small pure-ish function of (row, visit).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+import hashlib
+import hmac
+import time
+from typing import Callable, NamedTuple
+
+from millimetric.store.control import ControlPlane, Project
+
+TOMBSTONE_REFRESH_SECONDS = 5.0
 
 
 class Visit(NamedTuple):
@@ -12,3 +23,59 @@ class Visit(NamedTuple):
     ip: str
     user_agent: str
     request_host: str
+    salt: bytes = b""
+    keep_bots: bool = False
+    is_forgotten: Callable[[str], bool] = lambda _user_id: False
+
+
+def user_hash(pepper: str, project_id: str, user_id: str) -> str:
+    """What a tombstone keeps instead of the user id."""
+    return hmac.new(pepper.encode(), f"{project_id}\x00{user_id}".encode(), hashlib.sha256).hexdigest()
+
+
+class VisitFactory:
+    def __init__(
+        self,
+        control: ControlPlane,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self._control = control
+        self._clock = clock
+        self._salt_day: dt.date | None = None
+        self._salt = b""
+        self._tombstones: set[tuple[str, str]] = set()
+        self._tombstones_read_at = float("-inf")
+
+    def visit(self, project: Project, ip: str, user_agent: str, request_host: str) -> Visit:
+        now = self._clock()
+        pepper, project_id = self._control.pepper, project.id
+        tombstones = self._current_tombstones(now)
+
+        def is_forgotten(user_id: str) -> bool:
+            return bool(tombstones) and (project_id, user_hash(pepper, project_id, user_id)) in tombstones
+
+        return Visit(
+            project_id=project_id,
+            received_at=now.astimezone(dt.timezone.utc).replace(tzinfo=None),
+            ip=ip,
+            user_agent=user_agent,
+            request_host=request_host,
+            salt=self._salt_of(now.astimezone(dt.timezone.utc).date()),
+            keep_bots=project.keep_bots,
+            is_forgotten=is_forgotten,
+        )
+
+    def tombstone(self, project_id: str, user_id: str) -> None:
+        """Apply a new tombstone in this process at once (others read it within seconds)."""
+        self._tombstones.add((project_id, user_hash(self._control.pepper, project_id, user_id)))
+
+    def _salt_of(self, day: dt.date) -> bytes:
+        if day != self._salt_day:
+            self._salt, self._salt_day = self._control.salt_for_day(day), day
+        return self._salt
+
+    def _current_tombstones(self, now: dt.datetime) -> set[tuple[str, str]]:
+        if time.monotonic() - self._tombstones_read_at > TOMBSTONE_REFRESH_SECONDS:
+            self._tombstones = self._control.live_tombstones(now)
+            self._tombstones_read_at = time.monotonic()
+        return self._tombstones

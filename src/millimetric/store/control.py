@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import secrets
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
@@ -13,7 +14,7 @@ from alembic import command
 from alembic.config import Config
 
 from millimetric.auth.keys import PROJECT_KEY_KINDS, mint_key
-from millimetric.store.schema import accounts, api_keys, projects
+from millimetric.store.schema import accounts, api_keys, dropped_events, forget_jobs, projects, salts, tombstones
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_ACCOUNT_NAME = "local"
@@ -26,10 +27,21 @@ class Project(NamedTuple):
     name: str
     allowed_origins: list[str]
     retention_days: int | None
+    keep_bots: bool
     created_at: dt.datetime
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "slug": self.slug, "name": self.name, "allowed_origins": list(self.allowed_origins)}
+
+
+class ForgetJob(NamedTuple):
+    id: str
+    project_id: str
+    user_id: str | None
+    status: str  # queued | running | done | failed
+    deleted_rows: int
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
 
 
 class StoredKey(NamedTuple):
@@ -92,7 +104,14 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 def _project(row: Any) -> Project:
     return Project(
         row.id, row.account_id, row.slug, row.name, list(row.allowed_origins or []),
-        row.retention_days, _aware(row.created_at),
+        row.retention_days, bool(row.keep_bots), _aware(row.created_at),
+    )
+
+
+def _job(row: Any) -> ForgetJob:
+    return ForgetJob(
+        row.id, row.project_id, row.user_id, row.status, row.deleted_rows,
+        _aware(row.created_at), _aware(row.finished_at),
     )
 
 
@@ -143,7 +162,7 @@ class ControlPlane:
             n = 2
             while slug in taken:
                 slug, n = f"{base}-{n}", n + 1
-            project = Project(str(uuid.uuid4()), account_id, slug, name, list(allowed_origins), None, utcnow())
+            project = Project(str(uuid.uuid4()), account_id, slug, name, list(allowed_origins), None, False, utcnow())
             conn.execute(projects.insert().values(project._asdict()))
             tokens = {kind: self._insert_key(conn, project, kind, env, None) for kind in PROJECT_KEY_KINDS}
         return project, tokens
@@ -162,6 +181,10 @@ class ControlPlane:
     def set_allowed_origins(self, project_id: str, origins: list[str]) -> None:
         with self.engine.begin() as conn:
             conn.execute(projects.update().where(projects.c.id == project_id).values(allowed_origins=origins))
+
+    def set_keep_bots(self, project_id: str, keep: bool) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(projects.update().where(projects.c.id == project_id).values(keep_bots=keep))
 
     # keys ---------------------------------------------------------------------------------
     def _insert_key(self, conn: sa.Connection, project: Project, kind: str, env: str, name: str | None) -> str:
@@ -221,3 +244,81 @@ class ControlPlane:
         )
         with self.engine.begin() as conn:
             conn.execute(stmt, [{"b_prefix": p, "b_used": t} for p, t in last_used.items()])
+
+    # daily salts ------------------------------------------------------------------------------
+    def salt_for_day(self, day: dt.date) -> bytes:
+        """The salt of a UTC day, created on first use; salts of days before yesterday are deleted,
+        so none outlives 48 hours. Shared by every process through this table."""
+        with self.engine.begin() as conn:
+            conn.execute(salts.delete().where(salts.c.day < day - dt.timedelta(days=1)))
+            found = conn.execute(sa.select(salts.c.salt).where(salts.c.day == day)).scalar()
+        if found:
+            return bytes.fromhex(found)
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(salts.insert().values(day=day, salt=secrets.token_hex(32), created_at=utcnow()))
+        except sa.exc.IntegrityError:  # another process created it first
+            pass
+        with self.engine.connect() as conn:
+            return bytes.fromhex(conn.execute(sa.select(salts.c.salt).where(salts.c.day == day)).scalar_one())
+
+    def salt_days(self) -> list[dt.date]:
+        with self.engine.connect() as conn:
+            return [r.day for r in conn.execute(sa.select(salts.c.day).order_by(salts.c.day))]
+
+    # forget jobs and tombstones ---------------------------------------------------------------
+    def create_forget_job(self, project_id: str, user_id: str, user_hash: str, tombstone_until: dt.datetime) -> str:
+        """Queue a deletion and tombstone the user in one transaction."""
+        job_id = str(uuid.uuid4())
+        with self.engine.begin() as conn:
+            conn.execute(forget_jobs.insert().values(
+                id=job_id, project_id=project_id, user_id=user_id, status="queued", created_at=utcnow()
+            ))
+            match = sa.and_(tombstones.c.project_id == project_id, tombstones.c.user_hash == user_hash)
+            if conn.execute(tombstones.update().where(match).values(expires_at=tombstone_until)).rowcount == 0:
+                conn.execute(tombstones.insert().values(
+                    project_id=project_id, user_hash=user_hash, expires_at=tombstone_until
+                ))
+        return job_id
+
+    def get_forget_job(self, job_id: str) -> ForgetJob | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(forget_jobs).where(forget_jobs.c.id == job_id)).first()
+        return _job(row) if row else None
+
+    def unfinished_forget_jobs(self) -> list[ForgetJob]:
+        """Queued jobs, and running ones a crash interrupted (deletion is idempotent)."""
+        with self.engine.connect() as conn:
+            return [_job(r) for r in conn.execute(
+                sa.select(forget_jobs).where(forget_jobs.c.status.in_(("queued", "running")))
+                .order_by(forget_jobs.c.created_at)
+            )]
+
+    def update_forget_job(self, job_id: str, status: str, deleted_rows: int = 0) -> None:
+        values: dict[str, Any] = {"status": status, "deleted_rows": deleted_rows}
+        if status in ("done", "failed"):
+            values |= {"finished_at": utcnow()}
+        if status == "done":
+            values |= {"user_id": None}  # keep no identifier once the data is gone
+        with self.engine.begin() as conn:
+            conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(**values))
+
+    def live_tombstones(self, now: dt.datetime) -> set[tuple[str, str]]:
+        with self.engine.begin() as conn:
+            conn.execute(tombstones.delete().where(tombstones.c.expires_at <= now))
+            rows = conn.execute(sa.select(tombstones.c.project_id, tombstones.c.user_hash))
+            return {(r.project_id, r.user_hash) for r in rows}
+
+    # dropped-event counters -------------------------------------------------------------------
+    def add_dropped(self, counts: dict[tuple[str, str], int]) -> None:
+        with self.engine.begin() as conn:
+            for (project_id, reason), n in counts.items():
+                match = sa.and_(dropped_events.c.project_id == project_id, dropped_events.c.reason == reason)
+                updated = conn.execute(dropped_events.update().where(match).values(count=dropped_events.c.count + n))
+                if updated.rowcount == 0:
+                    conn.execute(dropped_events.insert().values(project_id=project_id, reason=reason, count=n))
+
+    def dropped_counts(self, project_id: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(dropped_events).where(dropped_events.c.project_id == project_id))
+            return {r.reason: r.count for r in rows}

@@ -60,6 +60,32 @@ class DuckDBEventStore:
                 cur.unregister("incoming")
             self._next_seq = first + len(rows)
 
+    def delete_user(self, project_id: str, user_id: str) -> int:
+        """Delete a user's events, their `$identify` rows, and every event of an anonymous_id an
+        identify linked to them. Serialised with appends; returns the number of rows deleted."""
+        with self._lock:
+            cur = self._writer
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                deleted = cur.execute(
+                    """
+                    DELETE FROM events
+                    WHERE project_id = $project AND (
+                        user_id = $user
+                        OR anonymous_id IN (
+                            SELECT anonymous_id FROM events
+                            WHERE project_id = $project AND event_name = '$identify' AND user_id = $user
+                        )
+                    )
+                    """,
+                    {"project": project_id, "user": user_id},
+                ).fetchone()[0]
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            return deleted
+
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cur = self._db.cursor()
         cur.execute("SET TimeZone = 'UTC'")

@@ -23,6 +23,7 @@ projects = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("allowed_origins", sa.JSON, nullable=False),
     sa.Column("retention_days", sa.Integer, nullable=True),
+    sa.Column("keep_bots", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
@@ -39,4 +40,40 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+salts = sa.Table(
+    "salts",
+    metadata,
+    sa.Column("day", sa.Date, primary_key=True),
+    sa.Column("salt", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+forget_jobs = sa.Table(
+    "forget_jobs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), nullable=False, index=True),
+    sa.Column("user_id", sa.String(256), nullable=True),  # cleared once the job is done
+    sa.Column("status", sa.String(8), nullable=False, index=True),
+    sa.Column("deleted_rows", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), primary_key=True),
+    sa.Column("user_hash", sa.String(64), primary_key=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+dropped_events = sa.Table(
+    "dropped_events",
+    metadata,
+    sa.Column("project_id", sa.String(36), sa.ForeignKey("projects.id"), primary_key=True),
+    sa.Column("reason", sa.String(32), primary_key=True),
+    sa.Column("count", sa.BigInteger, nullable=False),
 )
