@@ -6,7 +6,6 @@ import sys
 import time
 
 import httpx
-
 from conftest import bearer, cli, cli_project
 
 

@@ -4,8 +4,8 @@ import time
 
 import httpx
 import pytest
-
 from conftest import bearer, cli_project, create_project, stored_events
+
 from millimetric.ingest.visit import user_hash
 from millimetric.store.control import ControlPlane, utcnow
 

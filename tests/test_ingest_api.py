@@ -4,7 +4,6 @@ import datetime as dt
 import json
 
 import pytest
-
 from conftest import bearer, stored_events
 
 

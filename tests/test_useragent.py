@@ -139,6 +139,7 @@ def test_patterns_are_lowercase_and_spare_real_browsers(pattern):
 @pytest.mark.parametrize(
     ("ua", "expected"),
     [
+        (None, Device("", "", "", False)),
         ("", Device("", "", "", False)),
         ("   ", Device("", "", "", False)),
         ("Mozilla/5.0", Device("", "", "", False)),

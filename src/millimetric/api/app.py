@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import forget, health, ingest
+from millimetric.api import classify, forget, health, ingest
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
@@ -30,6 +30,7 @@ ROUTES = [
     Route("/v1/identify", ingest.identify, methods=["POST"]),
     Route("/v1/forget", forget.forget, methods=["POST"]),
     Route("/v1/forget/{job_id}", forget.forget_status, methods=["GET"]),
+    Route("/v1/classify", classify.classify_hit, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
 ]
 

@@ -36,7 +36,15 @@ def _visit(request: Request, services: Services, principal: Principal) -> Visit:
         ip=client_ip(request, services.trusted_proxies),
         user_agent=request.headers.get("user-agent", ""),
         request_host=(request.headers.get("host") or "").split(":")[0].lower(),
+        proxy_country=_proxy_country(request, services),
     )
+
+
+def _proxy_country(request: Request, services: Services) -> str:
+    if not services.settings.trust_cf_headers:
+        return ""
+    country = request.headers.get("cf-ipcountry", "").strip().upper()
+    return country if len(country) == 2 and country.isalpha() and country != "XX" else ""
 
 
 def _with_context(visit: Visit, principal: Principal, context: schemas.Context | None) -> Visit:

@@ -29,12 +29,14 @@ Where the spec is silent:
 from __future__ import annotations
 
 import re
-from importlib import resources
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 import tldextract
-import yaml
+
+from millimetric.data import load_data
+from millimetric.ingest.visit import Visit
+from millimetric.store.rows import EventRow
 
 __all__ = ["Attribution", "Confidence", "classify"]
 
@@ -49,11 +51,8 @@ class Attribution(NamedTuple):
     rule_id: str
 
 
-def _load(name: str) -> Any:
-    return yaml.safe_load((resources.files("millimetric") / "data" / name).read_text("utf-8"))
 
-
-_SIGNALS = _load("attribution.yaml")
+_SIGNALS = load_data("attribution.yaml")
 _CLICK_IDS: dict[str, str] = _SIGNALS["click_ids"]
 _FB_AD_REDIRECT_HOSTS = frozenset(_SIGNALS["fb_ad_redirect_hosts"])
 _PAID_MEDIUMS = frozenset(_SIGNALS["paid_mediums"])
@@ -75,7 +74,7 @@ _GROUP_RULES = {
 }
 _REFERRERS: dict[str, tuple[str, str, str]] = {
     domain: (source, *_GROUP_RULES[group])
-    for group, sources in _load("referrers.yaml").items()
+    for group, sources in load_data("referrers.yaml").items()
     for source, domains in sources.items()
     for domain in domains
 }
@@ -170,3 +169,10 @@ def _listed(host: str) -> tuple[str, str, str] | None:
 
 def _registrable(host: str) -> str:
     return _extract.extract_str(host).top_domain_under_public_suffix or host
+
+
+def put_source(row: EventRow, visit: Visit) -> str | None:
+    """Pipeline step: attribution columns from the hit's URL, referrer and receiving host."""
+    hit = classify(row.url, row.referrer, visit.request_host)
+    row.source, row.medium, row.campaign, row.source_confidence, row.source_rule_id = hit
+    return None

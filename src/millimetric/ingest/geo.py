@@ -10,6 +10,9 @@ import ipaddress
 
 import iptocc
 
+from millimetric.ingest.visit import Visit
+from millimetric.store.rows import EventRow
+
 __all__ = ["country_for_ip"]
 
 
@@ -27,3 +30,9 @@ def country_for_ip(ip: str | None) -> str:
     if not address.is_global:
         return ""
     return (iptocc.country_code(str(address)) or "").upper()
+
+
+def put_country(row: EventRow, visit: Visit) -> str | None:
+    """Pipeline step: the trusted proxy's country header when configured, else the IP lookup."""
+    row.country = visit.proxy_country or country_for_ip(visit.ip)
+    return None

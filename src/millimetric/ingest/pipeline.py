@@ -10,9 +10,13 @@ from collections import Counter
 from typing import Callable
 
 from millimetric.ingest import schemas
+from millimetric.ingest.bots import drop_bots
+from millimetric.ingest.classify import put_source
 from millimetric.ingest.forgotten import drop_forgotten
+from millimetric.ingest.geo import put_country
 from millimetric.ingest.ids import derive_ids
 from millimetric.ingest.schemas import TrackEvent, to_utc_naive
+from millimetric.ingest.useragent import put_user_agent
 from millimetric.ingest.visit import Visit
 from millimetric.ingest.visitor_hash import put_ip_hash
 from millimetric.store.rows import EventRow
@@ -20,9 +24,13 @@ from millimetric.store.rows import EventRow
 Step = Callable[[EventRow, Visit], "str | None"]
 
 STEPS: tuple[Step, ...] = (
-    drop_forgotten,
+    drop_forgotten,  # a forgotten user's events are accepted and dropped
+    put_user_agent,
+    drop_bots,
     put_ip_hash,
-    derive_ids,
+    derive_ids,  # anonymous_id falls back to the ip hash; session_id follows from it
+    put_source,
+    put_country,
 )
 
 

@@ -23,6 +23,7 @@ class Visit(NamedTuple):
     ip: str
     user_agent: str
     request_host: str
+    proxy_country: str = ""  # CF-IPCountry, only when MILLIMETRIC_TRUST_CF_HEADERS is set
     salt: bytes = b""
     keep_bots: bool = False
     is_forgotten: Callable[[str], bool] = lambda _user_id: False
@@ -46,7 +47,9 @@ class VisitFactory:
         self._tombstones: set[tuple[str, str]] = set()
         self._tombstones_read_at = float("-inf")
 
-    def visit(self, project: Project, ip: str, user_agent: str, request_host: str) -> Visit:
+    def visit(
+        self, project: Project, ip: str, user_agent: str, request_host: str, proxy_country: str = ""
+    ) -> Visit:
         now = self._clock()
         pepper, project_id = self._control.pepper, project.id
         tombstones = self._current_tombstones(now)
@@ -60,6 +63,7 @@ class VisitFactory:
             ip=ip,
             user_agent=user_agent,
             request_host=request_host,
+            proxy_country=proxy_country,
             salt=self._salt_of(now.astimezone(dt.timezone.utc).date()),
             keep_bots=project.keep_bots,
             is_forgotten=is_forgotten,

@@ -14,7 +14,15 @@ from alembic import command
 from alembic.config import Config
 
 from millimetric.auth.keys import PROJECT_KEY_KINDS, mint_key
-from millimetric.store.schema import accounts, api_keys, dropped_events, forget_jobs, projects, salts, tombstones
+from millimetric.store.schema import (
+    accounts,
+    api_keys,
+    dropped_events,
+    forget_jobs,
+    projects,
+    salts,
+    tombstones,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_ACCOUNT_NAME = "local"
