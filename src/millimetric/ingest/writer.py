@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from typing import Protocol
 
@@ -82,8 +83,11 @@ class Writer:
                 taken = self._take()
             rows = [row for item in taken for row in item[0]]
             error: BaseException | None = None
+            started = time.perf_counter()
             try:
                 self._sink.append(rows)
+                log.debug("committed %d events from %d requests in %.1f ms",
+                          len(rows), len(taken), (time.perf_counter() - started) * 1000)
             except Exception as exc:  # the store refused or is unreachable: every waiter hears it
                 log.exception("event store write failed (%d events)", len(rows))
                 error = exc
