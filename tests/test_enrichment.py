@@ -100,3 +100,18 @@ def test_the_raw_ip_is_never_written(server_factory, tmp_path):
     assert hits.stdout == "", f"raw IP found in {hits.stdout}"
     assert LEAKY_IP not in server.log_path.read_text()
     assert "DEBUG" in server.log_path.read_text() or "debug" in server.log_path.read_text().lower()
+
+
+def test_enrichment_can_be_switched_off(tmp_path):
+    from starlette.testclient import TestClient
+
+    from conftest import create_project, make_settings
+    from millimetric.api.app import create_app
+
+    with TestClient(create_app(make_settings(tmp_path, enrich=False))) as client:
+        keys = create_project(client)
+        body = {"event": "x", "url": "https://shop.example.com/?gclid=1", "anonymous_id": "a"}
+        client.post("/v1/track", json=body, headers=bearer(keys.sk, **{"User-Agent": IPHONE}))
+        [row] = stored_events(client)
+        assert (row["source"], row["device_type"], row["ip_hash"]) == ("", "", "")
+        assert row["session_id"].startswith("a-")

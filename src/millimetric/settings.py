@@ -36,6 +36,7 @@ class Settings:
     queue_limit: int = 50_000
     key_cache_ttl: float = 60.0
     forget_tombstone_days: int = 30
+    enrich: bool = True
     bench_routes: bool = False  # POST /bench/noop, a do-nothing route for bench/ingest.py's ceiling
 
     @classmethod
@@ -57,6 +58,7 @@ class Settings:
             "queue_limit": int,
             "key_cache_ttl": float,
             "forget_tombstone_days": int,
+            "enrich": lambda v: v.strip().lower() != "off",
             "bench_routes": _env_bool,
         }
         values: dict[str, Any] = {}

@@ -63,7 +63,7 @@ def _rows(
     base = _visit(request, services, principal)
     visits = [_with_context(base, principal, event.context) for event in events]
     retention = principal.project.retention_days if principal.project else None
-    kept, dropped = pipeline.accept(events, visits, retention, prefix)
+    kept, dropped = pipeline.accept(events, visits, retention, prefix, services.steps)
     services.count_dropped(base.project_id, dropped)
     return kept
 
@@ -90,7 +90,7 @@ async def identify(request: Request) -> Response:
     errors.raise_if_any()
     event = schemas.TrackEvent(event=schemas.IDENTIFY_EVENT, anonymous_id=body.anonymous_id, user_id=body.user_id)
     visit = _visit(request, services, principal)
-    kept, dropped = pipeline.run([(pipeline.new_row(event, traits, visit), visit)])
+    kept, dropped = pipeline.run([(pipeline.new_row(event, traits, visit), visit)], services.steps)
     services.count_dropped(visit.project_id, dropped)
     await services.writer.write(kept)
     return json_response({"ok": True})

@@ -7,6 +7,7 @@ from collections import Counter
 
 from millimetric.api.client import Network, parse_networks
 from millimetric.auth.guard import KeyResolver
+from millimetric.ingest import pipeline
 from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
 from millimetric.privacy.forget import ForgetRunner
@@ -26,6 +27,10 @@ class Services:
     forget: ForgetRunner
     trusted_proxies: tuple[Network, ...]
     dropped: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+
+    @property
+    def steps(self) -> tuple[pipeline.Step, ...]:
+        return pipeline.STEPS if self.settings.enrich else pipeline.REQUIRED_STEPS
 
     @classmethod
     def open(cls, settings: Settings) -> "Services":

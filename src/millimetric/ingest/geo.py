@@ -7,6 +7,7 @@ is no database file to download or refresh at run time.
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 
 import iptocc
 
@@ -16,6 +17,7 @@ from millimetric.store.rows import EventRow
 __all__ = ["country_for_ip"]
 
 
+@lru_cache(maxsize=65536)  # a visitor's events repeat their address; the cache lives in memory only
 def country_for_ip(ip: str | None) -> str:
     """Uppercase country code of a public address; "" for private, reserved, unknown or garbage."""
     if not ip:

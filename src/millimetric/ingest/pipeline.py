@@ -33,6 +33,9 @@ STEPS: tuple[Step, ...] = (
     put_country,
 )
 
+# With enrichment off (MILLIMETRIC_ENRICH=off) events are stored as sent, plus the ids uniques need.
+REQUIRED_STEPS: tuple[Step, ...] = (drop_forgotten, derive_ids)
+
 
 def new_row(event: TrackEvent, properties: str, visit: Visit) -> EventRow:
     """The row as the client sent it; server-derived columns start empty."""
@@ -69,7 +72,11 @@ def run(
 
 
 def accept(
-    events: list[TrackEvent], visits: list[Visit], retention_days: int | None, field_prefix: str | None = None
+    events: list[TrackEvent],
+    visits: list[Visit],
+    retention_days: int | None,
+    field_prefix: str | None = None,
+    steps: tuple[Step, ...] = STEPS,
 ) -> tuple[list[EventRow], Counter[str]]:
     """Validate every event first (all-or-nothing: ApiError invalid_payload), then run the steps.
 
@@ -82,4 +89,4 @@ def accept(
         for i, event in enumerate(events)
     ]
     errors.raise_if_any()
-    return run([(new_row(e, p, v), v) for e, p, v in zip(events, properties, visits)])
+    return run([(new_row(e, p, v), v) for e, p, v in zip(events, properties, visits)], steps)

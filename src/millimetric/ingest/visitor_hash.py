@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from functools import lru_cache
 
 from millimetric.ingest.visit import Visit
 from millimetric.store.rows import EventRow
 
 
+@lru_cache(maxsize=65536)  # every event of a batch shares its request's visitor
 def visitor_hash(salt: bytes, ip: str, user_agent: str, project_id: str) -> str:
     """First 32 hex chars of HMAC-SHA256(salt, ip + user_agent + project_id): same visitor, same
     day, same hash; a new salt each UTC day means no linking across days."""

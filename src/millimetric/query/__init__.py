@@ -1,0 +1,1 @@
+"""The read side: request parameters -> validated plans -> one store statement -> JSON answers."""
