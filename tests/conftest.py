@@ -110,7 +110,8 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "MILLIMETRIC_LOG_LEVEL": "warning", **(env or {})}
+        # Load tests drive servers far past the default buckets; rate-limit tests switch them on.
+        self.env = {**os.environ, "MILLIMETRIC_LOG_LEVEL": "warning", "MILLIMETRIC_RATE_LIMITS": "off", **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
 

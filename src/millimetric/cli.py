@@ -200,3 +200,77 @@ def keys_revoke(prefix: str, data_dir: DataDir = None, database_url: DatabaseUrl
         err.print(f"[red]No live key with prefix {prefix!r}[/red]")
         raise typer.Exit(1)
     err.print(f"Revoked {prefix}.")
+
+
+@app.command("import")
+def import_events(
+    file: Annotated[str, typer.Argument(help="NDJSON of /v1/track bodies, one per line, or - for stdin.")],
+    project: Annotated[str, typer.Option(help="Project (slug or id) the events belong to.")],
+    rejects: Annotated[
+        Optional[Path], typer.Option(help="Where rejected lines go [default: FILE.rejected.ndjson].")
+    ] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Backfill events through the API's own validation, enrichment and writer.
+
+    The embedded event store belongs to one process: stop `millimetric serve` first.
+    """
+    import asyncio
+
+    import duckdb
+    import msgspec
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from millimetric.api.services import Services
+    from millimetric.ingest.backfill import Backfill, Rejected
+
+    settings = Settings.from_env(data_dir=data_dir, database_url=database_url)
+    target = _project_or_exit(_control(settings), project)
+    try:
+        services = Services.open(settings)
+    except duckdb.IOException as exc:
+        err.print(f"[red]Cannot open the event store ({exc}).[/red]")
+        err.print("It is held by another process, most likely a running `millimetric serve`: stop it and retry.")
+        raise typer.Exit(1) from None
+    rejects_path = rejects or Path("import.rejected.ndjson" if file == "-" else f"{file}.rejected.ndjson")
+    rejects_file = None
+
+    def on_rejected(item: Rejected) -> None:
+        nonlocal rejects_file
+        rejects_file = rejects_file or open(rejects_path, "wb")
+        rejects_file.write(msgspec.json.encode(item) + b"\n")
+
+    source = sys.stdin.buffer if file == "-" else open(file, "rb")
+    total = None if file == "-" else Path(file).stat().st_size
+    columns = [TextColumn("importing"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[lines]:,} lines"),
+               TimeElapsedColumn()]
+    try:
+        with Progress(*columns, console=err, transient=as_json) as progress:
+            task = progress.add_task("import", total=total, lines=0)
+
+            def on_progress(lines: int, nbytes: int) -> None:
+                progress.update(task, advance=nbytes, lines=progress.tasks[task].fields["lines"] + lines)
+
+            backfill = Backfill(target, services.visits, services.steps, services.writer, on_rejected, on_progress)
+            outcome = asyncio.run(backfill.run(source))
+        services.count_dropped(target.id, outcome.dropped)
+    finally:
+        services.close()
+        source.close()
+        if rejects_file:
+            rejects_file.close()
+    summary = {
+        "lines": outcome.lines,
+        "stored": outcome.stored,
+        "dropped": dict(outcome.dropped),
+        "rejected": outcome.rejected,
+        "rejects_file": str(rejects_path) if outcome.rejected else None,
+    }
+    if as_json:
+        print(json.dumps(summary))
+    dropped = ", ".join(f"{reason} {n:,}" for reason, n in outcome.dropped.items()) or "none"
+    err.print(f"{outcome.lines:,} lines: stored {outcome.stored:,}, dropped {dropped}, rejected {outcome.rejected:,}")
+    if outcome.rejected:
+        err.print(f"Rejected lines and their errors: {rejects_path}")

@@ -28,6 +28,7 @@ class Settings:
     database_url: str | None = None
     clickhouse_url: str | None = None
     redis_url: str | None = None
+    redis_prefix: str = "millimetric:rl:"
     pepper: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     trust_cf_headers: bool = False
@@ -50,6 +51,7 @@ class Settings:
             "database_url": str,
             "clickhouse_url": str,
             "redis_url": str,
+            "redis_prefix": str,
             "pepper": str,
             "trusted_proxies": _env_list,
             "trust_cf_headers": _env_bool,

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import classify, forget, health, ingest
+from millimetric.api import classify, forget, health, ingest, read
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
@@ -32,6 +32,9 @@ ROUTES = [
     Route("/v1/forget/{job_id}", forget.forget_status, methods=["GET"]),
     Route("/v1/classify", classify.classify_hit, methods=["GET"]),
     Route("/healthz", health.healthz, methods=["GET"]),
+    Route("/v1/query", read.query, methods=["GET"]),
+    Route("/v1/stats", read.stats, methods=["GET"]),
+    Route("/v1/sources", read.sources, methods=["GET"]),
 ]
 
 
@@ -78,6 +81,8 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             for task in background:
                 task.cancel()
+            if services.limiter is not None:
+                await services.limiter.close()
             await asyncio.to_thread(services.close)
 
     return Starlette(

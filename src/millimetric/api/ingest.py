@@ -9,18 +9,21 @@ from millimetric.api.body import read_body, require_json
 from millimetric.api.client import client_ip
 from millimetric.api.responses import json_response
 from millimetric.api.services import Services
-from millimetric.auth import scopes
+from millimetric.auth import ratelimit, scopes
 from millimetric.auth.guard import Principal, require_kind, require_origin
 from millimetric.ingest import pipeline, schemas
 from millimetric.ingest.visit import Visit
 from millimetric.store.rows import EventRow
 
 
-async def _authorised(request: Request) -> tuple[Services, Principal]:
+async def _authorised(request: Request, route: str) -> tuple[Services, Principal]:
+    """Key, kind, origin, then the project's token bucket for this route."""
     services: Services = request.app.state.services
     principal = await services.keys.authenticate(request.headers.get("authorization"))
     require_kind(principal, scopes.INGEST)
     require_origin(principal, request.headers.get("origin"))
+    assert principal.project is not None  # ingest kinds are project keys
+    await ratelimit.enforce(services.limiter, principal.project.id, route, principal.project.rate_limits)
     return services, principal
 
 
@@ -69,21 +72,21 @@ def _rows(
 
 
 async def track(request: Request) -> Response:
-    services, principal = await _authorised(request)
+    services, principal = await _authorised(request, "/v1/track")
     event = schemas.decode_track(await _json_body(request, schemas.TRACK_BODY_LIMIT))
     await services.writer.write(_rows(request, services, principal, [event], None))
     return json_response({"ok": True, "event_id": event.event_id}, 202)
 
 
 async def batch(request: Request) -> Response:
-    services, principal = await _authorised(request)
+    services, principal = await _authorised(request, "/v1/batch")
     body = schemas.decode_batch(await _json_body(request, schemas.BATCH_BODY_LIMIT))
     await services.writer.write(_rows(request, services, principal, body.events, "events"))
     return json_response({"ok": True, "count": len(body.events)}, 202)
 
 
 async def identify(request: Request) -> Response:
-    services, principal = await _authorised(request)
+    services, principal = await _authorised(request, "/v1/identify")
     body = schemas.decode_identify(await _json_body(request, schemas.IDENTIFY_BODY_LIMIT))
     errors = schemas.FieldErrors()
     traits = schemas.encode_object(body.traits, "traits", errors)

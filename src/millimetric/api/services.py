@@ -7,6 +7,7 @@ from collections import Counter
 
 from millimetric.api.client import Network, parse_networks
 from millimetric.auth.guard import KeyResolver
+from millimetric.auth.ratelimit import RateLimiter, create_limiter
 from millimetric.ingest import pipeline
 from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
@@ -26,6 +27,7 @@ class Services:
     visits: VisitFactory
     forget: ForgetRunner
     trusted_proxies: tuple[Network, ...]
+    limiter: RateLimiter | None
     dropped: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
 
     @property
@@ -47,6 +49,7 @@ class Services:
             visits=visits,
             forget=ForgetRunner(control, events, visits, settings.forget_tombstone_days),
             trusted_proxies=parse_networks(settings.trusted_proxies),
+            limiter=create_limiter(settings.rate_limits, settings.redis_url, settings.redis_prefix),
         )
 
     def count_dropped(self, project_id: str, reasons: Counter[str]) -> None:

@@ -37,6 +37,7 @@ class Project(NamedTuple):
     retention_days: int | None
     keep_bots: bool
     created_at: dt.datetime
+    rate_limits: dict[str, Any] = {}
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "slug": self.slug, "name": self.name, "allowed_origins": list(self.allowed_origins)}
@@ -112,7 +113,7 @@ def _aware(value: dt.datetime | None) -> dt.datetime | None:
 def _project(row: Any) -> Project:
     return Project(
         row.id, row.account_id, row.slug, row.name, list(row.allowed_origins or []),
-        row.retention_days, bool(row.keep_bots), _aware(row.created_at),
+        row.retention_days, bool(row.keep_bots), _aware(row.created_at), dict(row.rate_limits or {}),
     )
 
 
@@ -189,6 +190,19 @@ class ControlPlane:
     def set_allowed_origins(self, project_id: str, origins: list[str]) -> None:
         with self.engine.begin() as conn:
             conn.execute(projects.update().where(projects.c.id == project_id).values(allowed_origins=origins))
+
+    def set_rate_limit(self, project_id: str, route: str, limit: dict[str, float] | str | None) -> None:
+        """Override one route's bucket (`{"rate", "burst"}`), switch it `"off"`, or reset it (None)."""
+        project = self.get_project(project_id)
+        if project is None:
+            raise KeyError(project_id)
+        limits = dict(project.rate_limits)
+        if limit is None:
+            limits.pop(route, None)
+        else:
+            limits[route] = limit
+        with self.engine.begin() as conn:
+            conn.execute(projects.update().where(projects.c.id == project_id).values(rate_limits=limits))
 
     def set_keep_bots(self, project_id: str, keep: bool) -> None:
         with self.engine.begin() as conn:

@@ -25,6 +25,8 @@ projects = sa.Table(
     sa.Column("retention_days", sa.Integer, nullable=True),
     sa.Column("keep_bots", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    # route -> {"rate": r, "burst": b} or "off"; routes not listed use the defaults
+    sa.Column("rate_limits", sa.JSON, nullable=False, server_default=sa.text("'{}'")),
 )
 
 api_keys = sa.Table(

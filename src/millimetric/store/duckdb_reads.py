@@ -1,0 +1,170 @@
+"""The read statements of the DuckDB event store: one parameterised statement per request.
+
+Every statement filters `project_id = $project_id` first, then the time range (the table is kept in
+time order, so zone maps skip row groups outside it). Column names and expressions come only from
+the fixed fragments below, chosen by allow-listed plan values; every user value is a bound
+parameter. Results are plain tuples; `millimetric.query.execute` turns them into JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from millimetric.query.plans import UTC, Filters, RowsPlan, SourcesPlan, StatsPlan, TimeRange
+
+IDENTIFY_EVENT = "$identify"
+
+# Raw row fields in SPEC section 5 order (timestamp is selected as epoch microseconds).
+ROW_FIELDS = (
+    "timestamp", "event_id", "event_name", "anonymous_id", "user_id", "session_id", "source", "medium", "campaign",
+    "source_confidence", "source_rule_id", "referrer", "url", "path", "country", "device_type", "browser", "os",
+    "properties",
+)
+
+_REFERRER_HOST = (
+    r"""nullif(lower(regexp_extract(referrer, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^:/?#]*)', 1)), '')"""
+)
+GROUP_SQL: dict[str, str] = {
+    "event_name": "event_name",
+    "source": "source",
+    "medium": "medium",
+    "campaign": "campaign",
+    "country": "country",
+    "device_type": "device_type",
+    "browser": "browser",
+    "os": "os",
+    "path": "path",
+    "referrer_host": _REFERRER_HOST,
+}
+METRIC_SQL: dict[str, str] = {
+    "count": "count(*)",
+    "uniques": "count(DISTINCT anonymous_id)",
+    "sessions": "count(DISTINCT session_id)",
+    "users": "count(DISTINCT user_id)",
+}
+_UNIT_SQL = {"hour": "'hour'", "day": "'day'", "week": "'week'", "month": "'month'"}
+_FILTER_SQL = {
+    "event": "event_name = $event",
+    "source": "source = $source",
+    "medium": "medium = $medium",
+    "anonymous_id": "anonymous_id = $anonymous_id",
+    "country": "country = $country",
+    "session_id": "session_id = $session_id",
+}
+_IN_RANGE = 'project_id = $project_id AND "timestamp" >= $start AND "timestamp" < $end'
+# The user_id filter stitches identities: that user's own events, plus every event whose
+# anonymous_id an `$identify` linked to the user (in any time range).
+_STITCHED = f"""linked AS (
+    SELECT anonymous_id FROM events
+    WHERE project_id = $project_id AND event_name = $identify AND user_id = $user_id
+), stitched AS (
+    SELECT seq FROM events WHERE {_IN_RANGE} AND user_id = $user_id
+    UNION ALL
+    SELECT seq FROM events WHERE {_IN_RANGE} AND anonymous_id IN (SELECT anonymous_id FROM linked)
+)"""
+
+
+def _local(tz_param: str) -> str:
+    return f'timezone({tz_param}, "timestamp"::TIMESTAMPTZ)'
+
+
+def bucket_sql(interval: str, tz: str) -> str:
+    """Epoch microseconds of the bucket's start instant, bucketing on the wall clock of `tz`.
+
+    Day/week/month start at local midnight (weeks on Monday), found by truncating the local time
+    and mapping it back to an instant, so DST days are 23 or 25 hours long. Hours keep their
+    instant (the repeated hour when clocks fall back stays two buckets).
+    """
+    unit = _UNIT_SQL[interval]
+    if tz == UTC:
+        return f'epoch_us(date_trunc({unit}, "timestamp"))'
+    local = _local("$tz")
+    if interval == "hour":
+        return f'epoch_us("timestamp") - (epoch_us({local}) - epoch_us(date_trunc({unit}, {local})))'
+    return f"epoch_us(timezone($tz, date_trunc({unit}, {local})))"
+
+
+def _selection(project_id: str, time_range: TimeRange, filters: Filters) -> tuple[str, str, dict[str, Any]]:
+    """(WITH clause, WHERE condition, parameters) for the project, range and filters."""
+    params: dict[str, Any] = {"project_id": project_id, "start": time_range.start, "end": time_range.end}
+    conditions = [_IN_RANGE]
+    for name, condition in _FILTER_SQL.items():
+        value = getattr(filters, name)
+        if value is not None:
+            conditions.append(condition)
+            params[name] = value
+    with_clause = ""
+    if filters.user_id is not None:
+        with_clause = f"WITH {_STITCHED}"
+        conditions.append("seq IN (SELECT seq FROM stitched)")
+        params.update(user_id=filters.user_id, identify=IDENTIFY_EVENT)
+    return with_clause, " AND ".join(conditions), params
+
+
+def select_rows(cur: duckdb.DuckDBPyConnection, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
+    """Up to `limit + 1` rows (the extra one says whether a next page exists) and the snapshot seq.
+
+    Each row is (timestamp_us, seq, *ROW_FIELDS[1:]). The first page pins the newest seq visible
+    to this statement; later pages only see rows at or below it, so inserts never shift pages.
+    """
+    with_clause, where, params = _selection(project_id, plan.range, plan.filters)
+    params["limit"] = plan.limit + 1
+    if plan.snapshot_seq is None:
+        snapshot = "(SELECT coalesce(max(seq), 0) FROM events)"
+    else:
+        snapshot = "$snapshot"
+        params["snapshot"] = plan.snapshot_seq
+        where += " AND seq <= $snapshot"
+    if plan.after is not None:
+        where += (
+            ' AND "timestamp" <= make_timestamp($after_us)'
+            ' AND ("timestamp" < make_timestamp($after_us) OR seq < $after_seq)'
+        )
+        params.update(after_us=plan.after.timestamp_us, after_seq=plan.after.seq)
+    columns = ", ".join(f'"{name}"' for name in ROW_FIELDS[1:])
+    sql = f"""{with_clause}
+        SELECT epoch_us("timestamp"), seq, {columns}, {snapshot} AS snapshot
+        FROM events WHERE {where}
+        ORDER BY "timestamp" DESC, seq DESC
+        LIMIT $limit"""
+    result = cur.execute(sql, params).fetchall()
+    snapshot_seq = plan.snapshot_seq if plan.snapshot_seq is not None else (result[0][-1] if result else 0)
+    return [row[:-1] for row in result], snapshot_seq
+
+
+def select_stats(cur: duckdb.DuckDBPyConnection, project_id: str, plan: StatsPlan) -> list[tuple]:
+    """Rows of (*group values, [bucket_us], value), sorted by bucket, value desc, then groups."""
+    with_clause, where, params = _selection(project_id, plan.range, plan.filters)
+    params["limit"] = plan.limit
+    selected = [GROUP_SQL[column] for column in plan.group_by]
+    order = ["value DESC"] + [f"{i + 1} ASC NULLS FIRST" for i in range(len(selected))]
+    if plan.interval is not None:
+        selected.append(bucket_sql(plan.interval, plan.tz))
+        order.insert(0, f"{len(selected)} ASC")
+        if plan.tz != UTC:
+            params["tz"] = plan.tz
+    selected.append(f"{METRIC_SQL[plan.metric]} AS value")
+    sql = f"""{with_clause}
+        SELECT {", ".join(selected)}
+        FROM events WHERE {where}
+        GROUP BY ALL
+        ORDER BY {", ".join(order)}
+        LIMIT $limit"""
+    return cur.execute(sql, params).fetchall()
+
+
+def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: SourcesPlan) -> list[tuple]:
+    """Rows of (source, [medium], events, uniques, paid events), most events first."""
+    with_clause, where, params = _selection(project_id, plan.range, Filters())
+    params["limit"] = plan.limit
+    groups = "source, medium" if plan.breakdown == "source_medium" else "source"
+    sql = f"""{with_clause}
+        SELECT {groups}, count(*) AS events, count(DISTINCT anonymous_id) AS uniques,
+               count(*) FILTER (WHERE medium = 'paid') AS paid
+        FROM events WHERE {where}
+        GROUP BY ALL
+        ORDER BY events DESC, {groups}
+        LIMIT $limit"""
+    return cur.execute(sql, params).fetchall()
