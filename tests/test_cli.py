@@ -86,3 +86,23 @@ def test_sigterm_drains_in_flight_requests_and_exits(server_factory, tmp_path):
     sender.wait(60)
     assert "Traceback" not in server.log_path.read_text()
     assert outcomes(out)["202"] <= stored_event_ids(data_dir)
+
+
+def test_origins_limits_and_bots_commands(tmp_path):
+    cli_project(tmp_path, "Shop", origin="https://shop.example.com")
+    doc = json.loads(cli("projects", "origins", "shop", "add", "https://*.example.org", "--json", data_dir=tmp_path).stdout)
+    assert doc == {"allowed_origins": ["https://shop.example.com", "https://*.example.org"]}
+    doc = json.loads(cli("projects", "origins", "shop", "remove", "https://shop.example.com", "--json", data_dir=tmp_path).stdout)
+    assert doc == {"allowed_origins": ["https://*.example.org"]}
+    bad = subprocess.run([sys.executable, "-m", "millimetric", "projects", "origins", "shop", "add", "not an origin",
+                          "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not an origin" in bad.stderr
+    cli("projects", "limits", "shop", "/v1/track", "10", "20", data_dir=tmp_path)
+    cli("projects", "limits", "shop", "/v1/batch", "off", data_dir=tmp_path)
+    cli("projects", "bots", "shop", "--keep", data_dir=tmp_path)
+    from millimetric.store.control import ControlPlane
+
+    control = ControlPlane(f"sqlite:///{tmp_path / 'control.sqlite3'}", "x")
+    project = control.get_project("shop")
+    assert project.rate_limits == {"/v1/track": {"rate": 10.0, "burst": 20}, "/v1/batch": "off"}
+    assert project.keep_bots is True

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from millimetric.auth.keys import KINDS
+from millimetric.auth.origins import normalise_origin
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane, Project
 
@@ -144,6 +145,83 @@ def projects_list(as_json: AsJson = False, data_dir: DataDir = None, database_ur
     for p in projects:
         table.add_row(p.slug, p.name, p.id, ", ".join(p.allowed_origins) or "-", p.created_at.strftime("%Y-%m-%d"))
     out.print(table)
+
+
+@projects_app.command("origins")
+def projects_origins(
+    project: str,
+    action: Annotated[str, typer.Argument(help="add, remove or list")],
+    origins: Annotated[Optional[list[str]], typer.Argument(help="Origins such as https://shop.example.com or https://*.example.com")] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Manage the browser origins allowed for PROJECT's pk_ keys (servers pick changes up within the key-cache TTL)."""
+    control = _open(data_dir, database_url)
+    found = _project_or_exit(control, project)
+    current = list(found.allowed_origins)
+    if action in ("add", "remove"):
+        if not origins:
+            err.print(f"[red]`origins {action}` needs at least one origin[/red]")
+            raise typer.Exit(2)
+        for origin in origins:
+            if normalise_origin(origin.replace("://*.", "://", 1)) is None:
+                err.print(f"[red]{origin!r} is not an origin (scheme://host[:port])[/red]")
+                raise typer.Exit(2)
+        if action == "add":
+            current += [o for o in origins if o not in current]
+        else:
+            current = [o for o in current if o not in origins]
+        control.set_allowed_origins(found.id, current)
+    elif action != "list":
+        err.print("[red]ACTION must be add, remove or list[/red]")
+        raise typer.Exit(2)
+    if as_json:
+        print(json.dumps({"allowed_origins": current}))
+    else:
+        for origin in current:
+            out.print(origin, highlight=False)
+
+
+@projects_app.command("limits")
+def projects_limits(
+    project: str,
+    route: Annotated[str, typer.Argument(help="/v1/track, /v1/batch, ...")],
+    rate: Annotated[str, typer.Argument(help="Tokens per second, `off`, or `default`")],
+    burst: Annotated[Optional[int], typer.Argument(help="Bucket size")] = None,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Override PROJECT's rate limit for ROUTE (applies within the key-cache TTL)."""
+    control = _open(data_dir, database_url)
+    found = _project_or_exit(control, project)
+    if rate in ("off", "default"):
+        control.set_rate_limit(found.id, route, "off" if rate == "off" else None)
+        err.print(f"{route}: {'unlimited' if rate == 'off' else 'default limit'} for {found.slug}")
+        return
+    try:
+        per_second = float(rate)
+    except ValueError:
+        per_second = -1.0
+    if per_second <= 0 or burst is None or burst < 1:
+        err.print("[red]give RATE > 0 and BURST >= 1, or `off`, or `default`[/red]")
+        raise typer.Exit(2)
+    control.set_rate_limit(found.id, route, {"rate": per_second, "burst": burst})
+    err.print(f"{route}: {per_second:g}/s, burst {burst} for {found.slug}")
+
+
+@projects_app.command("bots")
+def projects_bots(
+    project: str,
+    keep: Annotated[bool, typer.Option("--keep/--drop", help="Keep bot traffic (device_type bot) or drop it (default).")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Keep or drop known crawlers, monitors and headless browsers for PROJECT."""
+    control = _open(data_dir, database_url)
+    found = _project_or_exit(control, project)
+    control.set_keep_bots(found.id, keep)
+    err.print(f"{found.slug}: bots are {'kept' if keep else 'dropped (counted)'}")
 
 
 @keys_app.command("create")
