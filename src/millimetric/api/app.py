@@ -15,6 +15,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from millimetric.api import classify, forget, health, ingest, read
+from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
@@ -87,7 +88,7 @@ def create_app(settings: Settings) -> Starlette:
 
     return Starlette(
         routes=ROUTES + (BENCH_ROUTES if settings.bench_routes else []),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), Middleware(CorsMiddleware)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error},
         lifespan=lifespan,
     )
