@@ -65,6 +65,15 @@ def _print_new_keys(project: Project, tokens: dict[str, str]) -> None:
         out.print(f"  {kind}: {token}", soft_wrap=True, highlight=False)
 
 
+def _raise_open_file_limit() -> None:
+    """Each connection is a file descriptor; the usual soft limit of 1024 is too low for a server."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 @app.command()
 def serve(
     data_dir: DataDir = None,
@@ -84,6 +93,7 @@ def serve(
     import uvicorn
 
     from millimetric.api.app import create_app
+    from millimetric.api.protocol import GuardedHttpToolsProtocol
 
     settings = Settings.from_env(
         data_dir=data_dir,
@@ -95,6 +105,7 @@ def serve(
         log_level=log_level,
         queue_limit=queue_limit,
     )
+    _raise_open_file_limit()
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     control = _control(settings)
@@ -108,7 +119,7 @@ def serve(
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpToolsProtocol,
         log_level=settings.log_level.lower(),
         access_log=False,  # access lines would carry client addresses
         backlog=4096,
@@ -299,7 +310,13 @@ def import_events(
 
     import duckdb
     import msgspec
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from millimetric.api.services import Services
     from millimetric.ingest.backfill import Backfill, Rejected

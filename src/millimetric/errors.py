@@ -27,6 +27,10 @@ STATUS: dict[str, int] = {
     "forget_failed": 500,
     "upstream_failed": 502,
     "overloaded": 503,
+    # Beyond the SPEC's list: HTTP-level refusals that still deserve a JSON envelope.
+    "malformed_request": 400,
+    "request_timeout": 408,
+    "headers_too_large": 431,
 }
 
 

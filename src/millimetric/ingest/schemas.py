@@ -75,6 +75,7 @@ _raw_batch_decoder = msgspec.json.Decoder(RawBatch)
 _identify_decoder = msgspec.json.Decoder(Identify)
 _encoder = msgspec.json.Encoder()
 
+TOO_DEEP = f"JSON nested too deeply (properties allow {PROPERTIES_MAX_DEPTH} levels)"
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _AT = " - at `"
 
@@ -118,6 +119,8 @@ def decode_with(decoder: msgspec.json.Decoder, body: bytes, prefix: str = "") ->
         raise invalid_payload({path: [message]}) from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise invalid_payload(form_error="Body is not valid JSON (UTF-8)") from None
+    except RecursionError:
+        raise invalid_payload(form_error=TOO_DEEP) from None
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -197,6 +200,8 @@ def decode_batch(body: bytes) -> Batch:
         pass
     except (msgspec.DecodeError, UnicodeDecodeError):
         raise invalid_payload(form_error="Body is not valid JSON (UTF-8)") from None
+    except RecursionError:
+        raise invalid_payload(form_error=TOO_DEEP) from None
     raw = decode_with(_raw_batch_decoder, body)
     errors = FieldErrors()
     for index, item in enumerate(raw.events):

@@ -14,7 +14,17 @@ from typing import Mapping
 
 from millimetric.errors import ApiError
 from millimetric.query.plans import (
-    BREAKDOWNS, FILTERS, GROUP_BY, INTERVALS, METRICS, UTC, Filters, RowsPlan, SourcesPlan, StatsPlan, TimeRange,
+    BREAKDOWNS,
+    FILTERS,
+    GROUP_BY,
+    INTERVALS,
+    METRICS,
+    UTC,
+    Filters,
+    RowsPlan,
+    SourcesPlan,
+    StatsPlan,
+    TimeRange,
 )
 
 QUERY_LIMIT = (1, 1000, 100)  # min, max, default

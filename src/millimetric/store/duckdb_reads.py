@@ -12,7 +12,14 @@ from typing import Any
 
 import duckdb
 
-from millimetric.query.plans import UTC, Filters, RowsPlan, SourcesPlan, StatsPlan, TimeRange
+from millimetric.query.plans import (
+    UTC,
+    Filters,
+    RowsPlan,
+    SourcesPlan,
+    StatsPlan,
+    TimeRange,
+)
 
 IDENTIFY_EVENT = "$identify"
 

@@ -1,0 +1,78 @@
+"""uvicorn's httptools protocol with the limits it lacks, and JSON for its own refusals.
+
+httptools buffers a request head of any size and waits for it forever; here a head larger than
+`MAX_HEAD_BYTES` gets 431, a head that takes longer than `HEAD_TIMEOUT_SECONDS` gets 408, and
+unparsable HTTP gets the JSON envelope instead of uvicorn's plain-text 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from http import HTTPStatus
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from millimetric.errors import STATUS
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_SECONDS = 10.0
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    _in_head = True
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse("headers_too_large")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._start_head()
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse("malformed_request")
+
+    def _start_head(self) -> None:
+        self._in_head, self._head_bytes = True, 0
+        self._stop_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_SECONDS, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        # An idle keep-alive connection is uvicorn's to close; only a started head is too slow.
+        if self._in_head and self._head_bytes:
+            self._refuse("request_timeout")
+
+    def _refuse(self, code: str) -> None:
+        if self.transport.is_closing():
+            return
+        status = STATUS[code]
+        body = msgspec.json.encode({"error": code})
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
+            % (status, HTTPStatus(status).phrase.encode(), len(body), body)
+        )
+        self.transport.close()
