@@ -113,7 +113,7 @@ class Generator:
 
     def __init__(self, n: int, end: dt.datetime, seed: int = 7) -> None:
         self.n = n
-        self.end = end.replace(minute=0, second=0, microsecond=0)
+        self.end = end.replace(hour=0, minute=0, second=0, microsecond=0)  # days run midnight to midnight UTC
         self.start = self.end - dt.timedelta(days=365)
         self.rng = random.Random(seed)
         self.seen: set[int] = set()
@@ -246,7 +246,7 @@ def queries(end: dt.datetime) -> dict[str, tuple[str, dict[str, str]]]:
     iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
     year = {"from": iso(end - dt.timedelta(days=365)), "to": iso(end)}
     month = {"from": iso(end - dt.timedelta(days=30)), "to": iso(end)}
-    day_start = (end - dt.timedelta(days=180)).replace(hour=0)
+    day_start = end - dt.timedelta(days=180)
     day = {"from": iso(day_start), "to": iso(day_start + dt.timedelta(days=1))}
     user = 180 * POOL_TURNOVER  # the heaviest visitor of day 180 (visitor ids are multiples of 20 when identified)
     return {
@@ -305,7 +305,7 @@ def main() -> None:
     else:
         shutil.rmtree(work, ignore_errors=True)
         data_dir.mkdir(parents=True)
-        end = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, minute=0, second=0, microsecond=0)
+        end = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)
         print(f"loading {args.events:,} events through `millimetric import` ...", file=sys.stderr)
         meta = load(data_dir, args.events, end)
         meta_path.write_text(json.dumps(meta, indent=2))

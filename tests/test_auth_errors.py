@@ -39,7 +39,7 @@ def test_revoked_key_stops_at_once_on_this_instance(client, keys):
     prefix = keys.sk.split("_")[2]
     services = client.app.state.services
     services.control.revoke_key(prefix)
-    services.keys.forget(prefix)
+    services.keys.invalidate(prefix)
     assert_error(client.post("/v1/track", json=TRACK, headers=bearer(keys.sk)), 401, "invalid_api_key")
 
 

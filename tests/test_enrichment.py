@@ -59,7 +59,7 @@ def test_bots_are_dropped_and_counted_unless_the_project_keeps_them(client, keys
     services.flush_counters()
     assert services.control.dropped_counts(keys.project_id) == {"bot": 1}
     services.control.set_keep_bots(keys.project_id, True)
-    services.keys._cache.clear()  # the setting travels with the cached key's project
+    services.keys.invalidate()  # the setting travels with the cached key's project
     client.post("/v1/track", json={"event": "crawl"}, headers=headers)
     assert [r["device_type"] for r in stored_events(client)] == ["bot"]
     plain = bearer(keys.sk, **{"User-Agent": "curl/8.5.0"})

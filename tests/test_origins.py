@@ -52,6 +52,6 @@ def test_origin_changes_apply_without_restart(client):
     keys = create_project(client, "o", origins=("https://old.example.com",))
     services = client.app.state.services
     services.control.set_allowed_origins(keys.project_id, ["https://new.example.com"])
-    services.keys._cache.clear()  # what the key-cache TTL does on its own within 60 s
+    services.keys.invalidate()  # what the key-cache TTL does on its own within 60 s
     headers = bearer(keys.pk, Origin="https://new.example.com")
     assert client.post("/v1/track", json={"event": "x"}, headers=headers).status_code == 202

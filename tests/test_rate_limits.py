@@ -42,7 +42,7 @@ def test_retry_after_is_whole_seconds_at_least_one():
 def test_429_carries_retry_after_and_buckets_are_per_project_and_route(client, keys):
     services = client.app.state.services
     services.control.set_rate_limit(keys.project_id, "/v1/track", {"rate": 0.5, "burst": 2})
-    services.keys._cache.clear()
+    services.keys.invalidate()
     answers = [client.post("/v1/track", json={"event": "x"}, headers=bearer(keys.sk)) for _ in range(3)]
     assert [a.status_code for a in answers] == [202, 202, 429]
     assert answers[2].json() == {"error": "rate_limited", "retry_after_s": 2}
@@ -56,7 +56,7 @@ def test_429_carries_retry_after_and_buckets_are_per_project_and_route(client, k
 def test_a_route_can_be_switched_off_per_project(client, keys):
     services = client.app.state.services
     services.control.set_rate_limit(keys.project_id, "/v1/batch", "off")
-    services.keys._cache.clear()
+    services.keys.invalidate()
     answers = [client.post("/v1/batch", json={"events": [{"event": "x"}]}, headers=bearer(keys.sk)) for _ in range(40)]
     assert {a.status_code for a in answers} == {202}
 

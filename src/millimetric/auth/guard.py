@@ -70,9 +70,12 @@ class KeyResolver:
         project = self._control.get_project(key.project_id) if key and key.project_id else None
         return key, project
 
-    def forget(self, prefix: str) -> None:
-        """Drop a cached key now (used after a revocation in this process)."""
-        self._cache.pop(prefix, None)
+    def invalidate(self, prefix: str | None = None) -> None:
+        """Drop one cached key (or all) now, e.g. after a revocation or a project change here."""
+        if prefix is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(prefix, None)
 
     def flush_last_used(self) -> None:
         pending, self._last_used = self._last_used, {}
