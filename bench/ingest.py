@@ -200,8 +200,8 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread group of a process: the main thread (the event loop) by itself,
-    the others by their name (`millimetric-wri`, DuckDB's pool, asyncio.to_thread workers...)."""
+    """CPU seconds per thread group of a process: the main thread (the event loop) by itself, the
+    others (the writer, DuckDB's pool, asyncio.to_thread workers) together unless they are named."""
     groups: dict[str, float] = collections.defaultdict(float)
     try:
         tids = os.listdir(f"/proc/{pid}/task")
@@ -215,8 +215,39 @@ def thread_cpu(pid: int) -> dict[str, float]:
         comm = stat[stat.index("(") + 1: stat.rindex(")")]
         fields = stat[stat.rindex(")") + 2:].split()
         seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-        groups["main (event loop)" if tid == str(pid) else comm] += seconds
+        # Python 3.11 leaves every thread named after the executable: group those as one
+        name = "main (event loop)" if tid == str(pid) else ("other threads" if comm.startswith("python") else comm)
+        groups[name] += seconds
     return dict(groups)
+
+
+def machine_busy() -> float:
+    """CPU seconds used by everything on the machine so far (all cores, /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def process_cpu(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def wait_until_quiet(server_pid: int, threshold: float, max_wait: float) -> float:
+    """Sample the CPU other processes use (percent of one core); wait while it exceeds `threshold`.
+    Returns the last sample: other sessions' tests on the same 2 cores skew every figure."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        b0, s0, t0 = machine_busy(), process_cpu(server_pid), time.monotonic()
+        time.sleep(1.0)
+        other = 100 * ((machine_busy() - b0) - (process_cpu(server_pid) - s0)) / (time.monotonic() - t0)
+        if other <= threshold or time.monotonic() >= deadline:
+            return round(other, 1)
+        print(f"  (other processes use {other:.0f}% of a core; waiting for a quiet machine)")
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
@@ -252,15 +283,19 @@ def start_profiler(args: argparse.Namespace, pid: int, seconds: float, out: Path
     if not Path(py_spy).exists() and not shutil.which(py_spy):
         print("  (py-spy not found: `.venv/bin/pip install py-spy`; profiling skipped)")
         return None
+    cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(args.profile_rate),
+           "--format", "speedscope", "--output", str(out)]
+    if args.profile_nonblocking:
+        cmd.append("--nonblocking")
     return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(args.profile_rate),
-         "--format", "speedscope", "--output", str(out), "--nonblocking"],
+        cmd,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
 
-def summarise_speedscope(path: Path, top: int) -> dict[str, Any]:
-    """Top functions by own time (the innermost frame of each sample) and by total time, per thread."""
+def summarise_speedscope(path: Path, top: int, seconds: float) -> dict[str, Any]:
+    """Per thread: the time py-spy found it active (not idle), and the top functions by own time
+    (the innermost frame of each sample) and by total time, as shares of that active time."""
     doc = json.loads(path.read_text())
     frames = doc["shared"]["frames"]
 
@@ -283,10 +318,11 @@ def summarise_speedscope(path: Path, top: int) -> dict[str, Any]:
             own[label(stack[-1])] += weight
             for name in {label(i) for i in stack}:
                 total[name] += weight
-        if not count:
+        if count < 0.01 * seconds:  # a thread that barely ran
             continue
         threads[profile["name"]] = {
-            "samples": count,
+            "active_seconds": round(count, 2),  # py-spy's speedscope weights are seconds
+            "active_share_of_wall": round(count / seconds, 3),
             "own": [(name, round(100 * n / count, 1)) for name, n in own.most_common(top)],
             "total": [(name, round(100 * n / count, 1)) for name, n in total.most_common(top)],
         }
@@ -316,7 +352,7 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         commit = "?"
     try:
-        wrk_version = subprocess.run([ "wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+        wrk_version = subprocess.run(["wrk", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     except OSError:
         wrk_version = "?"
     return {
@@ -343,11 +379,16 @@ def parse_args() -> argparse.Namespace:
                    help="distinct bodies per scenario, cycled by wrk (default 256; 1 = one fixed body)")
     p.add_argument("--scenarios", default="noop,track,batch", help="comma list, run in this order")
     p.add_argument("--pause", type=float, default=1.0, help="seconds of rest between runs (the writer drains)")
+    p.add_argument("--quiet-threshold", type=float, default=10,
+                   help="before each measured run, wait while other processes use more than this %% of a core")
+    p.add_argument("--quiet-wait", type=float, default=120, help="longest wait for a quiet machine, seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (data, bodies, server log)")
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the server (repeatable), e.g. MILLIMETRIC_QUEUE_LIMIT=100000")
     p.add_argument("--profile", action="store_true", help="py-spy the server during each measured run")
-    p.add_argument("--profile-rate", type=int, default=200, help="py-spy samples per second (default 200)")
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (default 100)")
+    p.add_argument("--profile-nonblocking", action="store_true",
+                   help="py-spy --nonblocking: less overhead, but stacks can be torn (misattributed frames)")
     p.add_argument("--profile-top", type=int, default=15, help="functions listed per thread (default 15)")
     p.add_argument("--py-spy", default=None, help="path to py-spy (default: PATH, then the venv)")
     p.add_argument("--wrk", default="wrk", help="path to wrk (default: wrk on PATH)")
@@ -414,9 +455,12 @@ def main() -> int:
                 args.results.mkdir(parents=True, exist_ok=True)
                 profiler = start_profiler(args, server.proc.pid, args.duration, profile_path)
                 time.sleep(0.5)  # let py-spy attach before the load starts
+            quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
+            busy_before = machine_busy()
             cpu_before, t0 = thread_cpu(server.proc.pid), time.monotonic()
             run = run_wrk(args, url, token, body_file, args.duration)
             cpu_after, elapsed = thread_cpu(server.proc.pid), time.monotonic() - t0
+            busy = 100 * (machine_busy() - busy_before) / elapsed
             seconds = run["duration_us"] / 1e6
             ok = run["requests"] - run["errors"]["status"]
             accepted_events += ok * per_request
@@ -436,15 +480,24 @@ def main() -> int:
                 "socket_errors": {k: v for k, v in run["errors"].items() if k != "status"},
                 "server_cpu_percent": cpu_delta(cpu_before, cpu_after, elapsed),
                 "wrk_cpu_percent": run["wrk_cpu_percent"],
+                # everything else on the machine during the run (other sessions, py-spy...), % of a core
+                "other_cpu_percent": round(busy - sum(v for k, v in cpu_delta(cpu_before, cpu_after, elapsed).items()
+                                                      if k == "total") - run["wrk_cpu_percent"], 1),
+                "other_cpu_percent_before": quiet_before,
                 "wrk": run,
             }
             if profiler is not None:
                 _, err = profiler.communicate(timeout=args.duration + 60)
                 if profiler.returncode == 0 and profile_path.exists():
                     figures["profile"] = {"speedscope": str(profile_path),
-                                          "threads": summarise_speedscope(profile_path, args.profile_top)}
+                                          "threads": summarise_speedscope(profile_path, args.profile_top, args.duration)}
                 else:
                     print(f"  py-spy failed ({profiler.returncode}): {err.strip()[-500:]}")
+            # CPU cost per request, which other load on the machine disturbs far less than rates
+            cpu_pct = figures["server_cpu_percent"]
+            figures["server_cpu_us_per_request"] = round(cpu_pct["total"] / 100 * elapsed / max(1, run["requests"]) * 1e6, 1)
+            figures["event_loop_cpu_us_per_request"] = round(
+                cpu_pct.get("main (event loop)", 0.0) / 100 * elapsed / max(1, run["requests"]) * 1e6, 1)
             results["scenarios"][name] = figures
             print_scenario(name, figures)
             time.sleep(args.pause)
@@ -501,9 +554,14 @@ def print_scenario(name: str, f: dict[str, Any]) -> None:
     if socket_errors:
         line += f"  socket errors {f['socket_errors']}"
     print(line)
-    print(f"       server CPU: {cpu}; wrk CPU {f['wrk_cpu_percent']:g}%")
+    print(f"       server CPU: {cpu}; wrk CPU {f['wrk_cpu_percent']:g}%; other processes {f['other_cpu_percent']:g}%")
+    print(f"       server CPU per request: {f['server_cpu_us_per_request']:g} us "
+          f"(event loop {f['event_loop_cpu_us_per_request']:g} us)")
+    if f["other_cpu_percent"] > 15:
+        print("       WARNING: the machine was not quiet during this run; its figures are skewed")
     for thread, prof in (f.get("profile") or {}).get("threads", {}).items():
-        print(f"       py-spy {thread} ({prof['samples']} samples), own time:")
+        print(f"       py-spy {thread}: active {prof['active_seconds']:g}s "
+              f"({prof['active_share_of_wall']:.0%} of the run); top functions by own time (share of active):")
         for fn, pct in prof["own"]:
             print(f"         {pct:5.1f}%  {fn}")
 
@@ -532,6 +590,9 @@ def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any]) -> No
     if "track" in scenarios and "noop" in scenarios:
         t, n = scenarios["track"]["requests_per_s"], scenarios["noop"]["requests_per_s"]
         print(f"ratio track/noop: {t:,.0f} / {n:,.0f} = {t / n:.1%}" if n else "ratio track/noop: n/a")
+    noisy = [name for name, f in scenarios.items() if f.get("other_cpu_percent", 0) > 15]
+    if noisy:
+        print(f"NOTE: other processes loaded the machine during {', '.join(noisy)}: rerun on a quiet machine")
     print("targets (issue 2):")
     for c in checks:
         value = c["value"]

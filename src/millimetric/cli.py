@@ -326,8 +326,9 @@ def import_events(
     try:
         services = Services.open(settings)
     except duckdb.IOException as exc:
-        err.print(f"[red]Cannot open the event store ({exc}).[/red]")
-        err.print("It is held by another process, most likely a running `millimetric serve`: stop it and retry.")
+        err.print(f"[red]Cannot open the event store ({exc}).[/red]", soft_wrap=True)
+        err.print("It is held by another process, most likely a running `millimetric serve`: stop it and retry.",
+                  soft_wrap=True)
         raise typer.Exit(1) from None
     rejects_path = rejects or Path("import.rejected.ndjson" if file == "-" else f"{file}.rejected.ndjson")
     rejects_file = None

@@ -29,6 +29,7 @@ Where the spec is silent:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
@@ -86,6 +87,7 @@ _extract = tldextract.TLDExtract(
 _HOSTNAME = re.compile(r"[\w.:-]+")
 
 
+@lru_cache(maxsize=16384)  # pages, campaigns and referrers repeat; the function is pure
 def classify(
     url: str | None, referrer: str | None, request_host: str | None = None
 ) -> Attribution:

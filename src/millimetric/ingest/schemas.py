@@ -141,10 +141,12 @@ def encode_object(value: dict[str, Any] | None, path: str, errors: FieldErrors) 
     """Compact JSON text of a properties/traits object, or a field error when too deep or big."""
     if not value:
         return "{}"
-    if _depth(value, PROPERTIES_MAX_DEPTH) > PROPERTIES_MAX_DEPTH:
+    encoded = _encoder.encode(value)
+    # Nesting needs an opening bracket per level: few brackets, no need to walk the value.
+    brackets = encoded.count(b"{") + encoded.count(b"[")
+    if brackets > PROPERTIES_MAX_DEPTH and _depth(value, PROPERTIES_MAX_DEPTH) > PROPERTIES_MAX_DEPTH:
         errors.add(path, f"Nesting deeper than {PROPERTIES_MAX_DEPTH} levels")
         return "{}"
-    encoded = _encoder.encode(value)
     if len(encoded) > PROPERTIES_MAX_BYTES:
         errors.add(path, f"Encoded size {len(encoded)} bytes exceeds {PROPERTIES_MAX_BYTES}")
     return encoded.decode()

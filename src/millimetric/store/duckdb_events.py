@@ -45,46 +45,29 @@ class DuckDBEventStore:
             columns = list(zip(*(msgspec.structs.astuple(row) for row in rows)))
             arrays = [pa.array(range(first, first + len(rows)), pa.int64())]
             arrays += [pa.array(values, ARROW_SCHEMA.field(i + 1).type) for i, values in enumerate(columns)]
-            batch = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
-            cur = self._writer
-            cur.register("incoming", batch)
-            try:
-                cur.execute("BEGIN TRANSACTION")
-                try:
-                    cur.execute("INSERT INTO events SELECT * FROM incoming")
-                    cur.execute("COMMIT")
-                except BaseException:
-                    cur.execute("ROLLBACK")
-                    raise
-            finally:
-                cur.unregister("incoming")
+            # One INSERT statement is one transaction (autocommit): committed, WAL synced, on return.
+            # DuckDB finds the Arrow table `incoming` by its Python name (a replacement scan).
+            incoming = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)  # noqa: F841
+            self._writer.execute("INSERT INTO events SELECT * FROM incoming")
             self._next_seq = first + len(rows)
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         """Delete a user's events, their `$identify` rows, and every event of an anonymous_id an
         identify linked to them. Serialised with appends; returns the number of rows deleted."""
         with self._lock:
-            cur = self._writer
-            cur.execute("BEGIN TRANSACTION")
-            try:
-                deleted = cur.execute(
-                    """
-                    DELETE FROM events
-                    WHERE project_id = $project AND (
-                        user_id = $user
-                        OR anonymous_id IN (
-                            SELECT anonymous_id FROM events
-                            WHERE project_id = $project AND event_name = '$identify' AND user_id = $user
-                        )
+            return self._writer.execute(
+                """
+                DELETE FROM events
+                WHERE project_id = $project AND (
+                    user_id = $user
+                    OR anonymous_id IN (
+                        SELECT anonymous_id FROM events
+                        WHERE project_id = $project AND event_name = '$identify' AND user_id = $user
                     )
-                    """,
-                    {"project": project_id, "user": user_id},
-                ).fetchone()[0]
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            return deleted
+                )
+                """,
+                {"project": project_id, "user": user_id},
+            ).fetchone()[0]
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cur = self._db.cursor()
