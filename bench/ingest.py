@@ -240,14 +240,20 @@ def process_cpu(pid: int) -> float:
 def wait_until_quiet(server_pid: int, threshold: float, max_wait: float) -> float:
     """Sample the CPU other processes use (percent of one core); wait while it exceeds `threshold`.
     Returns the last sample: other sessions' tests on the same 2 cores skew every figure."""
-    deadline = time.monotonic() + max_wait
+    started = time.monotonic()
+    told = float("-inf")
     while True:
         b0, s0, t0 = machine_busy(), process_cpu(server_pid), time.monotonic()
         time.sleep(1.0)
         other = 100 * ((machine_busy() - b0) - (process_cpu(server_pid) - s0)) / (time.monotonic() - t0)
-        if other <= threshold or time.monotonic() >= deadline:
+        if other <= threshold or time.monotonic() - started >= max_wait:
+            if other > threshold:
+                print(f"  (other processes still use {other:.0f}% of a core after {max_wait:g}s: measuring anyway)")
             return round(other, 1)
-        print(f"  (other processes use {other:.0f}% of a core; waiting for a quiet machine)")
+        if time.monotonic() - told >= 30:
+            print(f"  (other processes use {other:.0f}% of a core; waiting up to {max_wait:g}s for a quiet machine)",
+                  flush=True)
+            told = time.monotonic()
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
@@ -405,6 +411,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped to a file too
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     work = Path(tempfile.mkdtemp(prefix="millimetric-bench-"))
     data_dir = work / "data"
@@ -445,6 +452,7 @@ def main() -> int:
             per_request = args.batch_size if per_request is None else per_request
             url = server.url + path
             body_file = bodies["batch" if name == "batch" else "track"]
+            quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
             if args.warmup > 0:
                 warm = run_wrk(args, url, token, body_file, args.warmup)
                 accepted_events += (warm["requests"] - warm["errors"]["status"]) * per_request
@@ -455,7 +463,6 @@ def main() -> int:
                 args.results.mkdir(parents=True, exist_ok=True)
                 profiler = start_profiler(args, server.proc.pid, args.duration, profile_path)
                 time.sleep(0.5)  # let py-spy attach before the load starts
-            quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
             busy_before = machine_busy()
             cpu_before, t0 = thread_cpu(server.proc.pid), time.monotonic()
             run = run_wrk(args, url, token, body_file, args.duration)
@@ -504,7 +511,14 @@ def main() -> int:
     finally:
         code, stop_seconds = server.stop()
     results["server_stop"] = {"exit_code": code, "seconds": round(stop_seconds, 2)}
-    print(f"server stopped by SIGTERM: exit code {code} after {stop_seconds:.1f}s")
+    # uvicorn re-raises the signal once its graceful shutdown is done, hence -15 on a clean stop
+    how = "clean (uvicorn re-raises SIGTERM after its graceful shutdown)" if code in (0, -signal.SIGTERM) else "NOT clean"
+    print(f"server stopped by SIGTERM after {stop_seconds:.1f}s: exit code {code}, {how}")
+    results["server_log"] = server_log_problems(work / "server.log")
+    if results["server_log"]["problem_lines"]:
+        print(f"server log: {results['server_log']['problem_lines']} error/warning lines, first ones:")
+        for line in results["server_log"]["first"]:
+            print(f"  | {line}")
 
     results["storage"] = storage(data_dir, accepted_events)
     s = results["storage"]
@@ -524,6 +538,16 @@ def main() -> int:
     else:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def server_log_problems(path: Path, keep: int = 10) -> dict[str, Any]:
+    """Errors and warnings the server logged during the run (it runs at log level warning)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return {"problem_lines": 0, "first": []}
+    bad = [l for l in lines if any(w in l for w in ("ERROR", "WARNING", "CRITICAL", "Traceback"))]
+    return {"problem_lines": len(bad), "first": bad[:keep]}
 
 
 def storage(data_dir: Path, accepted: int) -> dict[str, Any]:

@@ -124,3 +124,13 @@ def test_a_thousand_concurrent_connections_are_all_answered(live):
     statuses = asyncio.run(all_of_them())
     assert len(statuses) == 1000 and set(statuses) <= {202, 429, 503}
     assert httpx.get(f"{server.url}/healthz").json()["ok"] is True
+
+
+def test_a_large_head_in_a_single_read_and_a_huge_request_line_get_431(live):
+    server, _keys = live
+    one_read = raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 66_000 + b"\r\n\r\n")
+    assert one_read.startswith(b"HTTP/1.1 431") and b"x-request-id:" in one_read
+    long_line = raw(server, b"GET /v1/classify?host=" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert long_line.startswith(b"HTTP/1.1 431")
+    fine = raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Ok: " + b"a" * 30_000 + b"\r\n\r\n")
+    assert fine.startswith(b"HTTP/1.1 200")

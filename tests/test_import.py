@@ -22,6 +22,7 @@ LINES = [
                 "properties": {"amount": 10}}),
     json.dumps({"event": "bot", "event_id": "bot", "timestamp": "2024-01-03T00:00:00Z",
                 "context": {"user_agent": "Googlebot/2.1 (+http://www.google.com/bot.html)"}}),
+    json.dumps({"event": "huge", "path": "/" + "x" * 2000, "properties": {"k": "v" * 70_000}}),  # over 64 KiB
 ]
 
 
@@ -39,14 +40,15 @@ def test_import_stores_valid_lines_and_reports_rejected_ones(tmp_path, server_fa
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     rejects = tmp_path / "backfill.ndjson.rejected.ndjson"
-    assert summary == {"lines": 7, "stored": 2, "dropped": {"bot": 1}, "rejected": 4, "rejects_file": str(rejects)}
-    assert "stored 2" in result.stderr and "rejected 4" in result.stderr
+    assert summary == {"lines": 8, "stored": 2, "dropped": {"bot": 1}, "rejected": 5, "rejects_file": str(rejects)}
+    assert "stored 2" in result.stderr and "rejected 5" in result.stderr
     rejected = [json.loads(line) for line in rejects.read_text().splitlines()]
-    assert [r["line"] for r in rejected] == [2, 3, 5, 6]
-    assert all(r["error"] == "invalid_payload" for r in rejected)
-    assert [r["input"] for r in rejected] == [LINES[1], LINES[2], LINES[4], LINES[5]]
-    assert rejected[2]["details"]["fieldErrors"] == {"timestamp": ["More than 1 hour in the future"]}
-    assert list(rejected[3]["details"]["fieldErrors"]) == ["event"]
+    assert [(r["line"], r["error"]) for r in rejected] == [
+        (2, "invalid_payload"), (3, "invalid_payload"), (9, "payload_too_large"), (5, "invalid_payload"),
+        (6, "invalid_payload")]  # decoding failures are reported as read, the API's checks per batch
+    assert [r["input"] for r in rejected] == [LINES[1], LINES[2], LINES[8], LINES[4], LINES[5]]
+    assert rejected[3]["details"]["fieldErrors"] == {"timestamp": ["More than 1 hour in the future"]}
+    assert list(rejected[4]["details"]["fieldErrors"]) == ["event"]
 
     server = server_factory(data_dir)
     rows = httpx.get(f"{server.url}/v1/query", params=RANGE, headers=bearer(keys.rk)).json()["rows"]

@@ -37,6 +37,14 @@ def test_from_and_to_are_required_and_iso_8601(client, keys, path):
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
+def test_instants_at_the_ends_of_the_calendar(client, keys, path):
+    assert_invalid(get(client, path, keys.rk, **{"from": "0001-01-01T00:00:00+01:00", "to": RANGE["to"]}), "from")
+    assert_invalid(get(client, path, keys.rk, **{"from": RANGE["from"], "to": "9999-12-31T23:59:59-01:00"}), "to")
+    wide = get(client, path, keys.rk, **{"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59.999999Z"})
+    assert wide.status_code == 200, wide.text
+
+
+@pytest.mark.parametrize("path", ENDPOINTS)
 def test_from_must_be_before_to(client, keys, path):
     assert_invalid(get(client, path, keys.rk, **{"from": RANGE["from"], "to": RANGE["from"]}), "to")
     assert_invalid(get(client, path, keys.rk, **{"from": RANGE["to"], "to": RANGE["from"]}), "to")

@@ -2,17 +2,20 @@
 
 Every operation gets positive cases (valid by the document) and negative ones (each breaks the
 document somewhere), always with a valid key of a kind the route takes, so the requests get past
-authentication and exercise validation and the handlers. Every response must be a non-5xx that the
-document describes: status, content type, headers and body schema.
+authentication into validation and the handlers. Every response must be a non-5xx that the
+document describes: status, content type, headers and body schema; and invalid input must be
+refused with a 4xx.
 
 One server serves the whole module (starting one per operation would cost more than the fuzzing).
-Rate limits are off so 429s do not mask what the handlers answer. Per-operation floors on the case
-counts add up to more than 1,000 cases in total.
+Rate limits are off so 429s do not mask what the handlers answer. The per-operation floors add up
+to well over 1,000 cases; MILLIMETRIC_FUZZ_EXAMPLES raises the per-operation budget for a deeper
+local run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,18 +49,18 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
-# Valid keys are always supplied (authentication failures have their own tests): generating
-# `Authorization` as a parameter would only let negative cases drop or break it, and a case whose
-# key was then put back by the test is a false "invalid data accepted".
+# Valid keys are always supplied (authentication failures have their own tests). Were
+# `Authorization` generated as a parameter, negative cases would drop or mangle it, and the key
+# the test puts back would turn them into false "invalid data accepted" reports.
 CONFIG = schemathesis.Config.from_dict({
     "generation": {"with-security-parameters": False},
     "checks": {"negative_data_rejection": {"expected-statuses": ["400", "404", "405", "408", "413", "415"]}},
 })
 INGEST = {"/v1/track", "/v1/batch", "/v1/identify"}
 READ = {"/v1/query", "/v1/stats", "/v1/sources"}
-# Cases per operation. Operations without inputs have exactly one distinct request.
-BUDGET = {"/healthz": 1, "/openapi.json": 1, "OPTIONS": 25}
-DEFAULT_BUDGET = 130
+NO_INPUTS = {"/healthz", "/openapi.json"}  # exactly one distinct request each
+DEFAULT_BUDGET = int(os.environ.get("MILLIMETRIC_FUZZ_EXAMPLES", "250"))
+PREFLIGHT_BUDGET = 30
 SEED_START = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2)
 
 
@@ -72,12 +75,12 @@ class Live(NamedTuple):
 
 def _labels() -> list[str]:
     """Operation labels from the packaged document, so collection needs no server."""
-    doc = openapi_document()
-    return [f"{method.upper()} {path}" for path, item in doc["paths"].items() for method in item if method != "parameters"]
+    paths = openapi_document()["paths"]
+    return [f"{method.upper()} {path}" for path, item in paths.items() for method in item if method != "parameters"]
 
 
 def _seed(url: str, keys: Keys) -> tuple[str, dict[str, str]]:
-    """Events the read routes can find (so their 200 bodies are non-trivial), and a forget job."""
+    """Events the read routes can find (so their 200 bodies have rows), and a real forget job."""
     sk = bearer(keys.sk)
     events = [
         {"event": "$pageview", "anonymous_id": f"a{i}", "user_id": "u1" if i % 3 == 0 else None,
@@ -111,30 +114,29 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.kill()
 
 
-def _auth(path: str, method: str, keys: Keys) -> st.SearchStrategy[dict[str, str]]:
+def _credentials(path: str, method: str, keys: Keys) -> list[dict[str, str]]:
     """Valid credentials for the route: secret or browser key (with its Origin) for ingest,
-    secret for forget, read key for reads, any key for classify, none for the rest."""
-    if method == "OPTIONS" or path in ("/healthz", "/openapi.json"):
-        return st.just({})
+    secret for forget, read key for reads, any project key for classify, none for the rest."""
+    if method == "OPTIONS" or path in NO_INPUTS:
+        return [{}]
     if path in INGEST:
-        return st.sampled_from([
-            {"Authorization": f"Bearer {keys.sk}"},
-            {"Authorization": f"Bearer {keys.pk}", "Origin": ORIGIN},
-        ])
+        return [{"Authorization": f"Bearer {keys.sk}"}, {"Authorization": f"Bearer {keys.pk}", "Origin": ORIGIN}]
     if path.startswith("/v1/forget"):
-        return st.just({"Authorization": f"Bearer {keys.sk}"})
+        return [{"Authorization": f"Bearer {keys.sk}"}]
     if path in READ:
-        return st.just({"Authorization": f"Bearer {keys.rk}"})
-    return st.sampled_from([{"Authorization": f"Bearer {k}"} for k in (keys.rk, keys.sk, keys.pk)])
+        return [{"Authorization": f"Bearer {keys.rk}"}]
+    return [{"Authorization": f"Bearer {key}"} for key in (keys.rk, keys.sk, keys.pk)]
 
 
 def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     """Positive and negative cases, plus positive ones pinned to the seeded data where a random
     value would almost never find it (the time window, the one real job id)."""
+    if operation.path in NO_INPUTS:
+        return operation.as_strategy()
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     if operation.path in READ:
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=dict(live.window)))
-    if operation.path == "/v1/forget/{job_id}":
+    if operation.path == "/v1/forget/{job_id}" and operation.method.upper() == "GET":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": live.job_id}))
     return st.one_of(strategies)
 
@@ -142,35 +144,29 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
 def _head_bytes(case: Any, base_url: str, headers: dict[str, str]) -> int:
     """Size of the request line and headers this case would send.
 
-    Three 2048-character query values of 4-byte characters, percent-encoded, already pass the
+    Three 2048-character query values of 4-byte characters, percent-encoded, already exceed the
     server's 64 KiB head limit: a transport limit the document states in prose, not in a schema.
     """
     kwargs = case.as_transport_kwargs(base_url=base_url, headers=headers)
-    prepared = requests.Request(kwargs["method"], kwargs["url"], params=kwargs.get("params"),
-                                headers=kwargs["headers"]).prepare()
-    return len(prepared.url) + sum(len(name) + len(value) + 4 for name, value in prepared.headers.items())
-
-
-def _has_inputs(operation: Any) -> bool:
-    return bool(operation.definition.raw.get("parameters") or operation.definition.raw.get("requestBody")
-                or operation.path_parameters)
+    prepared = requests.Request(
+        kwargs["method"], kwargs["url"], params=kwargs.get("params"), headers=kwargs["headers"]
+    ).prepare()
+    return len(prepared.url or "") + sum(len(name) + len(value) + 4 for name, value in prepared.headers.items())
 
 
 @pytest.mark.parametrize("label", _labels())
 def test_operation_honours_the_document(live: Live, label: str) -> None:
     method, path = label.split(" ", 1)
     operation = live.schema[path][method]
-    budget = BUDGET.get(path, BUDGET.get(method, DEFAULT_BUDGET))
+    budget = 1 if path in NO_INPUTS else PREFLIGHT_BUDGET if method == "OPTIONS" else DEFAULT_BUDGET
     statuses: Counter[int] = Counter()
     started = time.monotonic()
-    auth = _auth(path, method, live.keys)
-    cases = _cases(operation, live) if _has_inputs(operation) else operation.as_strategy()
 
     @settings(
         max_examples=budget, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=cases, headers=auth)
+    @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live.keys)))
     def run(case: Any, headers: dict[str, str]) -> None:
         assume(_head_bytes(case, live.server.url, headers) < MAX_HEAD_BYTES - 1024)
         response = case.call(base_url=live.server.url, session=live.session, headers=headers, timeout=30)
@@ -181,3 +177,45 @@ def test_operation_honours_the_document(live: Live, label: str) -> None:
     count = sum(statuses.values())
     print(f"{label}: {count} cases in {time.monotonic() - started:.1f}s, statuses {dict(sorted(statuses.items()))}")
     assert count >= 0.9 * budget, f"{label}: only {count} cases ran"
+
+
+@pytest.mark.parametrize("label", _labels())
+def test_operation_boundaries(live: Live, label: str) -> None:
+    """Schemathesis' coverage phase: deterministic cases at and just past every documented limit
+    (lengths, item counts, enums, required fields and parameters, wrong types, unexpected methods)."""
+    method, path = label.split(" ", 1)
+    operation = live.schema[path][method]
+    cases = live.schema.iter_coverage_cases(
+        operation,
+        generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+        generation_config=live.schema.config.generation_for(operation=operation),
+    )
+    credentials = _credentials(path, method, live.keys)
+    count = 0
+    for index, case in enumerate(cases):
+        headers = credentials[index % len(credentials)]
+        if _head_bytes(case, live.server.url, headers) >= MAX_HEAD_BYTES - 1024:
+            continue
+        response = case.call(base_url=live.server.url, session=live.session, headers=headers, timeout=30)
+        case.validate_response(response, checks=CHECKS, headers=headers)
+        count += 1
+    print(f"{label}: {count} boundary cases")
+    assert count >= 1
+
+
+# Found by the fuzzing above (rarely: ~1 in 10,000 cases): instants whose conversion to UTC leaves
+# datetime's range. Kept as fixed cases so a regression cannot hide behind the odds.
+OUT_OF_RANGE = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+
+
+@pytest.mark.parametrize("instant", OUT_OF_RANGE)
+def test_out_of_range_instants_are_refused_with_400(live: Live, instant: str) -> None:
+    sk, rk = bearer(live.keys.sk), bearer(live.keys.rk)
+    with httpx.Client(base_url=live.server.url, timeout=10) as client:
+        answers = [
+            client.post("/v1/track", json={"event": "x", "timestamp": instant}, headers=sk),
+            client.post("/v1/batch", json={"events": [{"event": "x", "timestamp": instant}]}, headers=sk),
+            *(client.get(route, params={"from": instant, "to": "2030-01-01T00:00:00Z"}, headers=rk) for route in READ),
+            *(client.get(route, params={"from": "2020-01-01T00:00:00Z", "to": instant}, headers=rk) for route in READ),
+        ]
+    assert [a.status_code for a in answers] == [400] * len(answers)

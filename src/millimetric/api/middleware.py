@@ -15,6 +15,10 @@ log = logging.getLogger("millimetric.api")
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
+def new_request_id() -> bytes:
+    return secrets.token_hex(8).encode()
+
+
 def _incoming_request_id(scope: Scope) -> bytes | None:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
@@ -30,7 +34,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or secrets.token_hex(8).encode()
+        request_id = _incoming_request_id(scope) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
         started = False
 

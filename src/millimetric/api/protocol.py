@@ -13,6 +13,7 @@ from http import HTTPStatus
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from millimetric.api.middleware import new_request_id
 from millimetric.errors import STATUS
 
 MAX_HEAD_BYTES = 64 * 1024
@@ -34,10 +35,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:
-            self._head_bytes += len(data)
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse("headers_too_large")
+                return
         super().data_received(data)
-        if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse("headers_too_large")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -72,7 +75,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         status = STATUS[code]
         body = msgspec.json.encode({"error": code})
         self.transport.write(
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s"
-            % (status, HTTPStatus(status).phrase.encode(), len(body), body)
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"x-request-id: %s\r\nconnection: close\r\n\r\n%s"
+            % (status, HTTPStatus(status).phrase.encode(), len(body), new_request_id(), body)
         )
         self.transport.close()

@@ -20,6 +20,7 @@ from millimetric.ingest import pipeline, schemas
 from millimetric.ingest.visit import Visit, VisitFactory
 from millimetric.ingest.writer import Writer
 from millimetric.store.control import Project
+from millimetric.store.rows import EventRow
 
 BATCH_EVENTS = 1000
 IN_FLIGHT_BATCHES = 8  # keeps the writer's group commit busy while the next batches are enriched
@@ -83,6 +84,8 @@ class Backfill:
                 continue
             self.outcome.lines += 1
             try:
+                if len(line) > schemas.TRACK_BODY_LIMIT:
+                    raise ApiError("payload_too_large")
                 batch.append((number, line, schemas.decode_track(line)))
             except ApiError as error:
                 self._reject(number, line, error)
@@ -102,7 +105,7 @@ class Backfill:
         text = line.decode("utf-8", "replace").rstrip("\r\n")
         self._on_rejected(Rejected(number, error.code, error.details, text))
 
-    def _accept(self, batch: list[tuple[int, bytes, schemas.TrackEvent]]) -> list:
+    def _accept(self, batch: list[tuple[int, bytes, schemas.TrackEvent]]) -> list[EventRow]:
         """Enriched rows of the batch's valid lines; lines failing the API's checks are rejected."""
         base = self._visits.visit(self._project, ip="", user_agent="", request_host="")
         while batch:
@@ -136,7 +139,7 @@ class Backfill:
                 task.result()
         in_flight.add(asyncio.create_task(self._write(rows)))
 
-    async def _write(self, rows: list) -> None:
+    async def _write(self, rows: list[EventRow]) -> None:
         """The writer answers 503 overloaded when its queue is full: back off and try again."""
         for delay in (*OVERLOADED_BACKOFF_S, None):
             try:

@@ -176,7 +176,11 @@ def check_event(
     if event.url is not None and not _absolute_http_url(event.url):
         errors.add(f"{p}url", "Must be an absolute http(s) URL")
     if event.timestamp is not None:
-        ts = to_utc_naive(event.timestamp)
+        try:
+            ts = to_utc_naive(event.timestamp)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 has no UTC instant in range
+            errors.add(f"{p}timestamp", "Out of range")
+            return "{}"
         if ts > now + FUTURE_TOLERANCE:
             errors.add(f"{p}timestamp", "More than 1 hour in the future")
         elif ts < EARLIEST:

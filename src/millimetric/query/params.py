@@ -46,10 +46,12 @@ def _instant(query: Query, name: str) -> dt.datetime:
         raise invalid(name, "required (ISO 8601 date-time)")
     try:
         value = dt.datetime.fromisoformat(raw.strip())
+        if value.tzinfo is not None:  # naive means UTC
+            value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
     except ValueError:
         raise invalid(name, "not an ISO 8601 date-time") from None
-    if value.tzinfo is not None:  # naive means UTC
-        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    except OverflowError:  # an offset pushes it past year 1 or 9999
+        raise invalid(name, "out of range") from None
     return value
 
 

@@ -11,17 +11,31 @@ import pyarrow as pa
 
 from millimetric.store.rows import COLUMNS, EventRow
 
+# Layout, measured with bench/query.py (10M events): rows arrive in time order, so DuckDB's zone
+# maps on "timestamp" skip the row groups outside a read's range. A derived session id
+# (`{anonymous_id}-{floor(unix_seconds/1800)}`, SPEC section 3) is not stored: `session_id` is a
+# virtual column over `session_sent`, which keeps only ids that differ from the derivation
+# (about 8 of 42 bytes per event saved).
+_DERIVED_SESSION = """anonymous_id || '-' || (epoch_ms("timestamp") // 1800000)::VARCHAR"""
 _TYPES = {
     "project_id": ("VARCHAR", pa.string()),
     "timestamp": ("TIMESTAMP", pa.timestamp("us")),
     "seq": ("BIGINT", pa.int64()),
+    "session_id": (f"VARCHAR GENERATED ALWAYS AS (coalesce(session_sent, {_DERIVED_SESSION})) VIRTUAL", pa.string()),
 }
 _DEFAULT = ("VARCHAR", pa.string())
 TABLE_COLUMNS = ("seq", *COLUMNS)
 ARROW_SCHEMA = pa.schema([(name, _TYPES.get(name, _DEFAULT)[1]) for name in TABLE_COLUMNS])
-_DDL = "CREATE TABLE IF NOT EXISTS events ({})".format(
+_DDL = "CREATE TABLE IF NOT EXISTS events ({}, session_sent VARCHAR)".format(
     ", ".join(f'"{name}" {_TYPES.get(name, _DEFAULT)[0]}' for name in TABLE_COLUMNS)
 )
+_STORED = [f'"{name}"' for name in TABLE_COLUMNS if name != "session_id"]
+_INSERT = "INSERT INTO events ({}, session_sent) SELECT {}, nullif(session_id, {}) FROM incoming".format(
+    ", ".join(_STORED), ", ".join(_STORED), _DERIVED_SESSION
+)
+# Fewer, larger checkpoints: with DuckDB's default (16 MB of WAL) a bulk load rewrote the tail row
+# group so often that 38% of the file was free blocks (67.8 instead of 41.8 bytes per event at 10M).
+CHECKPOINT_WAL_BYTES = "256MB"
 
 
 class DuckDBEventStore:
@@ -29,9 +43,12 @@ class DuckDBEventStore:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = duckdb.connect(str(path))
+        self._db = duckdb.connect(str(path), config={"checkpoint_threshold": CHECKPOINT_WAL_BYTES})
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute(_DDL)
+        if not self._db.execute("SELECT 1 FROM duckdb_columns() WHERE table_name = 'events' AND column_name = "
+                                "'session_sent'").fetchone():
+            raise RuntimeError(f"{path} has the event table layout of an older build: start on a new data directory")
         self._next_seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
         self._writer = self._db.cursor()
         self._lock = threading.Lock()
@@ -48,7 +65,7 @@ class DuckDBEventStore:
             # One INSERT statement is one transaction (autocommit): committed, WAL synced, on return.
             # DuckDB finds the Arrow table `incoming` by its Python name (a replacement scan).
             incoming = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)  # noqa: F841
-            self._writer.execute("INSERT INTO events SELECT * FROM incoming")
+            self._writer.execute(_INSERT)
             self._next_seq = first + len(rows)
 
     def delete_user(self, project_id: str, user_id: str) -> int:
