@@ -117,6 +117,7 @@ class Generator:
         self.start = self.end - dt.timedelta(days=365)
         self.rng = random.Random(seed)
         self.seen: set[int] = set()
+        self.probe_user: str | None = None
 
     def _day_counts(self) -> list[int]:
         weekly = [1.0, 1.05, 1.05, 1.0, 0.95, 0.7, 0.6]  # Monday first
@@ -178,6 +179,8 @@ class Generator:
             events: list[tuple[int, dict[str, Any]]] = []
             while len(events) < count:
                 visitor = day * POOL_TURNOVER + int(VISITOR_POOL * rng.random() ** 2)
+                if self.probe_user is None and day >= 180 and visitor % IDENTIFIED_EVERY == 0:
+                    self.probe_user = f"user_{visitor}"  # query (f) reads this user's 12 months
                 size = min(1 + int(rng.expovariate(1 / (EVENTS_PER_SESSION - 1))), 30, count - len(events))
                 start = rng.choices(range(24), hour_weights)[0] * 3_600_000 + rng.randrange(3_600_000)
                 events += [(min(at, day_ms - 1), e) for at, e in self._session(visitor, start, size)]
@@ -204,7 +207,8 @@ def load(data_dir: Path, n: int, end: dt.datetime) -> dict[str, Any]:
     )
     assert proc.stdin is not None
     chunk: list[bytes] = []
-    for line in Generator(n, end).lines():
+    generator = Generator(n, end)
+    for line in generator.lines():
         chunk.append(line)
         if len(chunk) == 2000:
             proc.stdin.write(b"".join(chunk))
@@ -215,7 +219,8 @@ def load(data_dir: Path, n: int, end: dt.datetime) -> dict[str, Any]:
     if proc.wait() != 0:
         raise SystemExit("import failed")
     seconds = time.perf_counter() - started
-    return {"keys": keys, "import": summary, "load_seconds": round(seconds, 1), "end": end.isoformat()}
+    return {"keys": keys, "import": summary, "load_seconds": round(seconds, 1), "end": end.isoformat(),
+            "probe_user": generator.probe_user}
 
 
 def free_port() -> int:
@@ -237,25 +242,29 @@ def serve(data_dir: Path) -> tuple[subprocess.Popen, str]:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return proc, url
         except httpx.HTTPError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     proc.kill()
     raise SystemExit("server did not start")
 
 
-def queries(end: dt.datetime) -> dict[str, tuple[str, dict[str, str]]]:
-    iso = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
-    year = {"from": iso(end - dt.timedelta(days=365)), "to": iso(end)}
-    month = {"from": iso(end - dt.timedelta(days=30)), "to": iso(end)}
+def _iso(instant: dt.datetime) -> str:
+    return instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def queries(end: dt.datetime, user: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """The seven reads of issue 3, (a) to (g), as (path, query parameters)."""
+    year = {"from": _iso(end - dt.timedelta(days=365)), "to": _iso(end)}
+    month = {"from": _iso(end - dt.timedelta(days=30)), "to": _iso(end)}
     day_start = end - dt.timedelta(days=180)
-    day = {"from": iso(day_start), "to": iso(day_start + dt.timedelta(days=1))}
-    user = 180 * POOL_TURNOVER  # the heaviest visitor of day 180 (visitor ids are multiples of 20 when identified)
+    day = {"from": _iso(day_start), "to": _iso(day_start + dt.timedelta(days=1))}
     return {
         "a_daily_count_one_event_12mo": ("/v1/stats", {**year, "event": "click", "interval": "day", "limit": "1000"}),
         "b_top10_sources_12mo": ("/v1/stats", {**year, "group_by": "source", "limit": "10"}),
         "c_top10_paths_uniques_30d": ("/v1/stats", {**month, "metric": "uniques", "group_by": "path", "limit": "10"}),
         "d_uniques_30d": ("/v1/stats", {**month, "metric": "uniques"}),
         "e_hourly_device_type_1d": ("/v1/stats", {**day, "interval": "hour", "group_by": "device_type", "limit": "1000"}),
-        "f_query_one_user_12mo": ("/v1/query", {**year, "user_id": f"user_{user}"}),
+        "f_query_one_user_12mo": ("/v1/query", {**year, "user_id": user}),
         "g_sources_12mo": ("/v1/sources", year),
     }
 
@@ -265,10 +274,10 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def time_queries(url: str, rk: str, end: dt.datetime, runs: int) -> dict[str, dict[str, Any]]:
+def time_queries(url: str, rk: str, end: dt.datetime, user: str, runs: int) -> dict[str, dict[str, Any]]:
     figures: dict[str, dict[str, Any]] = {}
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {rk}"}, timeout=60) as client:
-        for name, (path, params) in queries(end).items():
+        for name, (path, params) in queries(end, user).items():
             first = client.get(path, params=params)
             first.raise_for_status()
             times = []
@@ -316,7 +325,7 @@ def main() -> None:
 
     proc, url = serve(data_dir)
     try:
-        figures = time_queries(url, meta["keys"]["rk"], end, args.runs)
+        figures = time_queries(url, meta["keys"]["rk"], end, meta.get("probe_user") or "user_180000", args.runs)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
