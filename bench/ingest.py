@@ -18,7 +18,11 @@ What it does, in order:
 
 The server's CPU use during each measured run (per thread: the event loop, the writer, DuckDB's
 pool) and wrk's own CPU use are recorded too: on a 2-core machine the load generator competes with
-the server, and these figures tell whether the server was the bottleneck.
+the server, and these figures tell whether the server was the bottleneck. Before each scenario
+the script waits (up to --quiet-wait seconds) until other processes use less than
+--quiet-threshold % of a core, and it reports what they used during each run: other sessions'
+test suites on the same 2 cores skew every figure. The server CPU per request is the figure least
+disturbed by such load.
 
 `--profile` attaches py-spy (`pip install py-spy`) to the server during each measured run and
 prints the top functions by own time per thread (speedscope files kept next to the results).
@@ -299,6 +303,9 @@ def start_profiler(args: argparse.Namespace, pid: int, seconds: float, out: Path
     )
 
 
+IDLE_FRAMES = {"_worker", "Condition.wait", "Queue.get", "SimpleQueue.get", "Event.wait"}
+
+
 def summarise_speedscope(path: Path, top: int, seconds: float) -> dict[str, Any]:
     """Per thread: the time py-spy found it active (not idle), and the top functions by own time
     (the innermost frame of each sample) and by total time, as shares of that active time."""
@@ -488,8 +495,8 @@ def main() -> int:
                 "server_cpu_percent": cpu_delta(cpu_before, cpu_after, elapsed),
                 "wrk_cpu_percent": run["wrk_cpu_percent"],
                 # everything else on the machine during the run (other sessions, py-spy...), % of a core
-                "other_cpu_percent": round(busy - sum(v for k, v in cpu_delta(cpu_before, cpu_after, elapsed).items()
-                                                      if k == "total") - run["wrk_cpu_percent"], 1),
+                "other_cpu_percent": max(0.0, round(busy - sum(v for k, v in cpu_delta(cpu_before, cpu_after, elapsed).items()
+                                                      if k == "total") - run["wrk_cpu_percent"], 1)),
                 "other_cpu_percent_before": quiet_before,
                 "wrk": run,
             }
@@ -584,6 +591,9 @@ def print_scenario(name: str, f: dict[str, Any]) -> None:
     if f["other_cpu_percent"] > 15:
         print("       WARNING: the machine was not quiet during this run; its figures are skewed")
     for thread, prof in (f.get("profile") or {}).get("threads", {}).items():
+        top_name, top_share = prof["own"][0] if prof["own"] else ("", 0.0)
+        if top_share >= 95 and top_name.split(" (")[0] in IDLE_FRAMES:
+            continue  # a pool thread parked in its queue: py-spy's blocking mode counts it as active
         print(f"       py-spy {thread}: active {prof['active_seconds']:g}s "
               f"({prof['active_share_of_wall']:.0%} of the run); top functions by own time (share of active):")
         for fn, pct in prof["own"]:
