@@ -277,7 +277,7 @@ def run_wrk(args: argparse.Namespace, url: str, token: str, bodies: Path, second
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((l for l in proc.stdout.splitlines() if l.startswith(WRK_MARK)), None)
+    line = next((out for out in proc.stdout.splitlines() if out.startswith(WRK_MARK)), None)
     if proc.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     result = json.loads(line[len(WRK_MARK):])
@@ -553,7 +553,7 @@ def server_log_problems(path: Path, keep: int = 10) -> dict[str, Any]:
         lines = path.read_text(errors="replace").splitlines()
     except FileNotFoundError:
         return {"problem_lines": 0, "first": []}
-    bad = [l for l in lines if any(w in l for w in ("ERROR", "WARNING", "CRITICAL", "Traceback"))]
+    bad = [line for line in lines if any(w in line for w in ("ERROR", "WARNING", "CRITICAL", "Traceback"))]
     return {"problem_lines": len(bad), "first": bad[:keep]}
 
 

@@ -1,6 +1,7 @@
 """Every key/kind/scope error of SPEC section 2, over HTTP, with status, code and body shape."""
 
 import pytest
+
 from conftest import ORIGIN, bearer, create_project
 
 TRACK = {"event": "signup"}

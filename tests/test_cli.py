@@ -6,6 +6,7 @@ import sys
 import time
 
 import httpx
+
 from conftest import bearer, cli, cli_project
 
 

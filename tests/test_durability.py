@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import httpx
+
 from conftest import bearer, cli_project
 
 SENDER = Path(__file__).parent / "tools" / "sender.py"

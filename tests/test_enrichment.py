@@ -5,8 +5,9 @@ import subprocess
 
 import httpx
 
-from conftest import bearer, cli, cli_project, stored_events
 from millimetric.ingest import pipeline
+
+from conftest import bearer, cli, cli_project, stored_events
 
 CHROME_MAC = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
               "Chrome/131.0.0.0 Safari/537.36")
@@ -70,8 +71,9 @@ def test_bots_are_dropped_and_counted_unless_the_project_keeps_them(client, keys
 def test_trusted_cf_country_header(tmp_path):
     from starlette.testclient import TestClient
 
-    from conftest import create_project, make_settings
     from millimetric.api.app import create_app
+
+    from conftest import create_project, make_settings
 
     for trust, expected in ((True, "DE"), (False, "")):
         with TestClient(create_app(make_settings(tmp_path / str(trust), trust_cf_headers=trust))) as client:
@@ -105,8 +107,9 @@ def test_the_raw_ip_is_never_written(server_factory, tmp_path):
 def test_enrichment_can_be_switched_off(tmp_path):
     from starlette.testclient import TestClient
 
-    from conftest import create_project, make_settings
     from millimetric.api.app import create_app
+
+    from conftest import create_project, make_settings
 
     with TestClient(create_app(make_settings(tmp_path, enrich=False))) as client:
         keys = create_project(client)

@@ -4,10 +4,11 @@ import time
 
 import httpx
 import pytest
-from conftest import bearer, cli_project, create_project, stored_events
 
 from millimetric.ingest.visit import user_hash
 from millimetric.store.control import ControlPlane, utcnow
+
+from conftest import bearer, cli_project, create_project, stored_events
 
 
 def forget(client, token, user_id="u1", **headers):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import httpx
+
 from conftest import bearer, cli, cli_project
 
 RANGE = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z"}

@@ -4,6 +4,7 @@ import datetime as dt
 import json
 
 import pytest
+
 from conftest import bearer, stored_events
 
 

@@ -18,6 +18,7 @@ from millimetric.api.app import BENCH_ROUTES, create_app
 from millimetric.api.cors import CORS_PREFIXES
 from millimetric.api.docs import openapi_document
 from millimetric.errors import STATUS
+
 from conftest import make_settings
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

@@ -2,8 +2,9 @@
 
 import pytest
 
-from conftest import bearer, create_project
 from millimetric.auth.origins import origin_allowed
+
+from conftest import bearer, create_project
 
 ALLOWED = ["https://shop.example.com", "http://localhost:8787", "https://*.example.org"]
 

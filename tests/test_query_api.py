@@ -5,10 +5,11 @@ import json
 import uuid
 
 import pytest
-from conftest import bearer, create_project
 
 from millimetric.store.control import utcnow
 from millimetric.store.schema import accounts
+
+from conftest import bearer, create_project
 
 RANGE = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z"}
 SPEC_ROW_FIELDS = ["timestamp", "event_id", "event_name", "anonymous_id", "user_id", "session_id", "source", "medium",

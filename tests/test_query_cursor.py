@@ -6,6 +6,7 @@ import random
 import threading
 
 import httpx
+
 from conftest import bearer, cli_project
 
 START = dt.datetime(2024, 6, 1)

@@ -3,9 +3,10 @@ every enum value and a bad one, the exact instants of `from` (inclusive) and `to
 
 import pytest
 import sqlalchemy as sa
-from conftest import bearer, create_project
 
 from millimetric.store.schema import projects
+
+from conftest import bearer, create_project
 
 RANGE = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z"}
 ENDPOINTS = ("/v1/query", "/v1/stats", "/v1/sources")

@@ -8,8 +8,9 @@ import httpx
 import pytest
 import redis
 
-from conftest import bearer, cli, cli_project, create_project
 from millimetric.auth.ratelimit import InProcessLimiter, Limit, RedisLimiter, retry_after_seconds
+
+from conftest import bearer, cli, cli_project, create_project
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -37,9 +37,10 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from conftest import ORIGIN, Keys, ServerProcess, bearer, cli_project
 from millimetric.api.docs import openapi_document
 from millimetric.api.protocol import MAX_HEAD_BYTES
+
+from conftest import ORIGIN, Keys, ServerProcess, bearer, cli_project
 
 CHECKS = [
     not_a_server_error,

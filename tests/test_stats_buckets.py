@@ -2,6 +2,7 @@
 DST changes (23- and 25-hour days), weeks starting Monday, months, and hours that repeat."""
 
 import pytest
+
 from conftest import bearer
 
 

@@ -7,10 +7,11 @@ import zoneinfo
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import bearer, create_project, make_settings, stored_events
 from starlette.testclient import TestClient
 
 from millimetric.api.app import create_app
+
+from conftest import bearer, create_project, make_settings, stored_events
 
 RANGE = {"from": "2024-03-01T00:00:00Z", "to": "2024-04-15T00:00:00Z"}
 START = dt.datetime(2024, 2, 28)  # a few events fall outside the range on both sides

@@ -106,6 +106,9 @@ def serve(
         queue_limit=queue_limit,
     )
     _raise_open_file_limit()
+    # The writer thread hands commits back to the event loop; with the default 5 ms switch
+    # interval each handoff can wait that long for the GIL (bench/ingest.py: +25% batch events/s).
+    sys.setswitchinterval(0.001)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     control = _control(settings)
@@ -132,7 +135,9 @@ def serve(
 @projects_app.command("create")
 def projects_create(
     name: str,
-    origin: Annotated[Optional[list[str]], typer.Option("--origin", help="Allowed browser origin (repeatable).")] = None,
+    origin: Annotated[
+        Optional[list[str]], typer.Option("--origin", help="Allowed browser origin (repeatable).")
+    ] = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -162,7 +167,9 @@ def projects_list(as_json: AsJson = False, data_dir: DataDir = None, database_ur
 def projects_origins(
     project: str,
     action: Annotated[str, typer.Argument(help="add, remove or list")],
-    origins: Annotated[Optional[list[str]], typer.Argument(help="Origins such as https://shop.example.com or https://*.example.com")] = None,
+    origins: Annotated[
+        Optional[list[str]], typer.Argument(help="Origins such as https://shop.example.com or https://*.example.com")
+    ] = None,
     as_json: AsJson = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
@@ -224,7 +231,9 @@ def projects_limits(
 @projects_app.command("bots")
 def projects_bots(
     project: str,
-    keep: Annotated[bool, typer.Option("--keep/--drop", help="Keep bot traffic (device_type bot) or drop it (default).")],
+    keep: Annotated[
+        bool, typer.Option("--keep/--drop", help="Keep bot traffic (device_type bot) or drop it (default).")
+    ],
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:

@@ -26,4 +26,5 @@ async def healthz(request: Request) -> Response:
             log.exception("health check failed: %s", name)
             status[name] = "unreachable"
     healthy = all(v == "ok" for v in status.values())
-    return json_response({"ok": healthy, **status, "queued_events": services.writer.queued_events}, 200 if healthy else 503)
+    body = {"ok": healthy, **status, "queued_events": services.writer.queued_events}
+    return json_response(body, 200 if healthy else 503)

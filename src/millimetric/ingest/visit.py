@@ -9,12 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import time
 from typing import Callable, NamedTuple
 
 from millimetric.store.control import ControlPlane, Project
-
-TOMBSTONE_REFRESH_SECONDS = 5.0
 
 
 class Visit(NamedTuple):
@@ -45,14 +42,14 @@ class VisitFactory:
         self._salt_day: dt.date | None = None
         self._salt = b""
         self._tombstones: set[tuple[str, str]] = set()
-        self._tombstones_read_at = float("-inf")
+        self.refresh_tombstones()
 
     def visit(
         self, project: Project, ip: str, user_agent: str, request_host: str, proxy_country: str = ""
     ) -> Visit:
         now = self._clock()
         pepper, project_id = self._control.pepper, project.id
-        tombstones = self._current_tombstones(now)
+        tombstones = self._tombstones
 
         def is_forgotten(user_id: str) -> bool:
             return bool(tombstones) and (project_id, user_hash(pepper, project_id, user_id)) in tombstones
@@ -78,8 +75,7 @@ class VisitFactory:
             self._salt, self._salt_day = self._control.salt_for_day(day), day
         return self._salt
 
-    def _current_tombstones(self, now: dt.datetime) -> set[tuple[str, str]]:
-        if time.monotonic() - self._tombstones_read_at > TOMBSTONE_REFRESH_SECONDS:
-            self._tombstones = self._control.live_tombstones(now)
-            self._tombstones_read_at = time.monotonic()
-        return self._tombstones
+    def refresh_tombstones(self) -> None:
+        """Re-read tombstones written by other processes (the server does it every few seconds,
+        off the event loop); expired ones are deleted on the way."""
+        self._tombstones = self._control.live_tombstones(self._clock())

@@ -31,7 +31,8 @@ ROW_FIELDS = (
 )
 
 _REFERRER_HOST = (
-    r"""nullif(lower(regexp_extract(referrer, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^:/?#]*)', 1)), '')"""
+    r"""nullif(lower(regexp_extract(referrer, """
+    r"""'^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^\]/?#]*\]|[^:/?#]*)', 1)), '')"""
 )
 GROUP_SQL: dict[str, str] = {
     "event_name": "event_name",
