@@ -53,6 +53,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pipeline_steps  # bench/pipeline_steps.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 LUA_SCRIPT = ROOT / "bench" / "lua" / "post.lua"
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -65,11 +67,14 @@ TARGET_TRACK_VS_NOOP = 0.40
 TARGET_BATCH_EVENTS_PER_S = 100_000
 TARGET_TRACK_P99_MS = 25.0
 
+TARGET_ENRICHED_VS_PLAIN = 0.80  # issue 4: enrichment costs at most 20% of /v1/track requests/s
+
 SCENARIOS = {
-    # name: (path, events per request)
-    "noop": ("/bench/noop", 0),
-    "track": ("/v1/track", 1),
-    "batch": ("/v1/batch", None),  # --batch-size
+    # name: (path, events per request, server settings beyond --server-env)
+    "noop": ("/bench/noop", 0, {}),
+    "track": ("/v1/track", 1, {}),
+    "track_plain": ("/v1/track", 1, {"MILLIMETRIC_ENRICH": "off"}),  # the same, enrichment off
+    "batch": ("/v1/batch", None, {}),  # --batch-size
 }
 
 
@@ -390,7 +395,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100, help="events per /v1/batch request (default 100)")
     p.add_argument("--bodies", type=int, default=256,
                    help="distinct bodies per scenario, cycled by wrk (default 256; 1 = one fixed body)")
-    p.add_argument("--scenarios", default="noop,track,batch", help="comma list, run in this order")
+    p.add_argument("--scenarios", default="noop,track,track_plain,batch", help="comma list, run in this order")
     p.add_argument("--pause", type=float, default=1.0, help="seconds of rest between runs (the writer drains)")
     p.add_argument("--quiet-threshold", type=float, default=10,
                    help="before each measured run, wait while other processes use more than this %% of a core")
@@ -445,24 +450,36 @@ def main() -> int:
     results["body_bytes"] = {"track": track_size, "batch": batch_size}
     print(f"bodies: track ~{track_size} B, batch of {args.batch_size} ~{batch_size} B")
 
-    doc = create_project(data_dir)
-    token = doc["keys"]["sk"]
     extra_env = dict(item.split("=", 1) for item in args.server_env)
-    server = Server(data_dir, work / "server.log", extra_env)
+    servers: dict[tuple, tuple[Server, str]] = {}  # one server (and sk_ key) per distinct settings
+
+    def server_for(scenario_env: dict[str, str]) -> tuple[Server, str]:
+        key = tuple(sorted(scenario_env.items()))
+        if key not in servers:
+            name = "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key)
+            own_dir = data_dir if not key else work / f"data-{name}"
+            token = create_project(own_dir)["keys"]["sk"]
+            started = Server(own_dir, work / f"server{'-' + name if key else ''}.log", {**extra_env, **scenario_env})
+            started.start()
+            assert started.proc is not None
+            print(f"server: pid {started.proc.pid} on {started.url} {dict(key) or ''}\n")
+            servers[key] = (started, token)
+        return servers[key]
+
     accepted_events = 0
     try:
-        server.start()
-        assert server.proc is not None
-        print(f"server: pid {server.proc.pid} on {server.url}\n")
+        server_for({})
         for name in args.scenarios:
-            path, per_request = SCENARIOS[name]
+            path, per_request, scenario_env = SCENARIOS[name]
             per_request = args.batch_size if per_request is None else per_request
+            server, token = server_for(scenario_env)
             url = server.url + path
             body_file = bodies["batch" if name == "batch" else "track"]
             quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
+            counted = server.data_dir == data_dir  # storage figures are for the main server
             if args.warmup > 0:
                 warm = run_wrk(args, url, token, body_file, args.warmup)
-                accepted_events += (warm["requests"] - warm["errors"]["status"]) * per_request
+                accepted_events += (warm["requests"] - warm["errors"]["status"]) * per_request * counted
                 time.sleep(args.pause)
             profiler = None
             if args.profile:
@@ -477,7 +494,7 @@ def main() -> int:
             busy = 100 * (machine_busy() - busy_before) / elapsed
             seconds = run["duration_us"] / 1e6
             ok = run["requests"] - run["errors"]["status"]
-            accepted_events += ok * per_request
+            accepted_events += ok * per_request * counted
             lat = run["latency_us"]
             figures = {
                 "path": path,
@@ -516,11 +533,18 @@ def main() -> int:
             print_scenario(name, figures)
             time.sleep(args.pause)
     finally:
-        code, stop_seconds = server.stop()
+        for key, (other, _token) in servers.items():
+            if key:
+                other.stop()
+        code, stop_seconds = servers[()][0].stop() if () in servers else (None, 0.0)
     results["server_stop"] = {"exit_code": code, "seconds": round(stop_seconds, 2)}
     # uvicorn re-raises the signal once its graceful shutdown is done, hence -15 on a clean stop
     how = "clean (uvicorn re-raises SIGTERM after its graceful shutdown)" if code in (0, -signal.SIGTERM) else "NOT clean"
     print(f"server stopped by SIGTERM after {stop_seconds:.1f}s: exit code {code}, {how}")
+    results["pipeline_step_us"] = pipeline_steps.measure(20_000)
+    print("per-event cost of each pipeline step (in-process, bench/pipeline_steps.py):")
+    for step, us in results["pipeline_step_us"].items():
+        print(f"  {step:<16} {us:7.2f} us")
     results["server_log"] = server_log_problems(work / "server.log")
     if results["server_log"]["problem_lines"]:
         print(f"server log: {results['server_log']['problem_lines']} error/warning lines, first ones:")
@@ -602,7 +626,12 @@ def print_scenario(name: str, f: dict[str, Any]) -> None:
 
 def targets(scenarios: dict[str, Any]) -> list[dict[str, Any]]:
     track, batch, noop = scenarios.get("track"), scenarios.get("batch"), scenarios.get("noop")
+    plain = scenarios.get("track_plain")
     out = []
+    if track and plain:
+        ratio = track["requests_per_s"] / plain["requests_per_s"] if plain["requests_per_s"] else 0.0
+        out.append({"target": f"/v1/track enriched >= {TARGET_ENRICHED_VS_PLAIN:.0%} of unenriched requests/s",
+                    "value": round(ratio, 3), "met": ratio >= TARGET_ENRICHED_VS_PLAIN})
     if track:
         out.append({"target": f"/v1/track >= {TARGET_TRACK_RPS:,} requests/s",
                     "value": track["requests_per_s"], "met": track["requests_per_s"] >= TARGET_TRACK_RPS})
@@ -627,7 +656,10 @@ def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any]) -> No
     noisy = [name for name, f in scenarios.items() if f.get("other_cpu_percent", 0) > 15]
     if noisy:
         print(f"NOTE: other processes loaded the machine during {', '.join(noisy)}: rerun on a quiet machine")
-    print("targets (issue 2):")
+    if "track" in scenarios and "track_plain" in scenarios:
+        t, p = scenarios["track"]["requests_per_s"], scenarios["track_plain"]["requests_per_s"]
+        print(f"ratio track enriched/unenriched: {t:,.0f} / {p:,.0f} = {t / p:.1%}" if p else "")
+    print("targets (issues 2 and 4):")
     for c in checks:
         value = c["value"]
         shown = f"{value:.1%}" if isinstance(value, float) and value < 1.5 and "of" in c["target"] else f"{value:,}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -152,6 +153,7 @@ def encode_object(value: dict[str, Any] | None, path: str, errors: FieldErrors) 
     return encoded.decode()
 
 
+@lru_cache(maxsize=16384)  # page URLs repeat
 def _absolute_http_url(value: str) -> bool:
     try:
         parts = urlsplit(value)
