@@ -192,3 +192,21 @@ def test_unexpected_errors_never_leak(client, keys, monkeypatch, caplog):
 def test_healthz_checks_both_stores(client):
     body = client.get("/healthz").json()
     assert body["ok"] is True and body["control_plane"] == "ok" and body["event_store"] == "ok"
+
+
+@pytest.mark.parametrize("sent,stored", [
+    (b'{"a":1,"b":[1,2]}', '{"a":1,"b":[1,2]}'),                 # compact: stored as sent
+    (b'{ "a" : 1,\n  "b": [1, 2] }', '{"a":1,"b":[1,2]}'),       # whitespace: compacted
+    (b"null", "{}"),
+    (b'{"caf\xc3\xa9":"\xe2\x82\xac"}', '{"café":"€"}'),
+])
+def test_properties_are_stored_as_compact_json(client, keys, sent, stored):
+    r = post(client, "/v1/track", keys.sk, content=b'{"event":"x","properties":' + sent + b"}")
+    assert r.status_code == 202
+    assert stored_events(client)[0]["properties"] == stored
+
+
+@pytest.mark.parametrize("sent", [b'{"a":"\xc3\x28"}', b'"text"', b"[1]", b"5"])
+def test_properties_must_be_a_utf8_object(client, keys, sent):
+    r = post(client, "/v1/track", keys.sk, content=b'{"event":"x","properties":' + sent + b"}")
+    assert "properties" in field_errors(r)

@@ -51,7 +51,9 @@ class TrackEvent(msgspec.Struct):
     path: _str(0, 2048) | None = None
     referrer: _str(0, 2048) | None = None
     context: Context | None = None
-    properties: dict[str, Any] | None = None
+    # Kept as raw JSON: most clients send compact objects, which are stored without a decode and
+    # re-encode (see `encode_object`).
+    properties: msgspec.Raw = msgspec.Raw(b"")
 
 
 class Batch(msgspec.Struct):
@@ -67,7 +69,7 @@ class RawBatch(msgspec.Struct):
 class Identify(msgspec.Struct):
     anonymous_id: _str(1, 128)
     user_id: _str(1, 256)
-    traits: dict[str, Any] | None = None
+    traits: msgspec.Raw = msgspec.Raw(b"")
 
 
 _track_decoder = msgspec.json.Decoder(TrackEvent)
@@ -75,6 +77,8 @@ _batch_decoder = msgspec.json.Decoder(Batch)
 _raw_batch_decoder = msgspec.json.Decoder(RawBatch)
 _identify_decoder = msgspec.json.Decoder(Identify)
 _encoder = msgspec.json.Encoder()
+_any_decoder = msgspec.json.Decoder()
+_WHITESPACE = re.compile(rb"[ \t\r\n]")
 
 TOO_DEEP = f"JSON nested too deeply (properties allow {PROPERTIES_MAX_DEPTH} levels)"
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
@@ -138,16 +142,36 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-def encode_object(value: dict[str, Any] | None, path: str, errors: FieldErrors) -> str:
-    """Compact JSON text of a properties/traits object, or a field error when too deep or big."""
-    if not value:
+def encode_object(value: msgspec.Raw, path: str, errors: FieldErrors) -> str:
+    """Compact JSON text of a properties/traits object, or a field error (not an object, not
+    UTF-8, nested deeper than 32 levels, or over 8192 bytes compact).
+
+    A raw object with no whitespace, few brackets and a small size is already compact and shallow
+    enough: it is stored as sent. Anything else is decoded to find its depth and compact size."""
+    raw = bytes(value)
+    if raw in (b"", b"null"):
         return "{}"
-    encoded = _encoder.encode(value)
-    # Nesting needs an opening bracket per level: few brackets, no need to walk the value.
-    brackets = encoded.count(b"{") + encoded.count(b"[")
-    if brackets > PROPERTIES_MAX_DEPTH and _depth(value, PROPERTIES_MAX_DEPTH) > PROPERTIES_MAX_DEPTH:
+    if raw[:1] != b"{":
+        errors.add(path, "Expected `object`")
+        return "{}"
+    brackets = raw.count(b"{") + raw.count(b"[")
+    if brackets <= PROPERTIES_MAX_DEPTH and len(raw) <= PROPERTIES_MAX_BYTES and not _WHITESPACE.search(raw):
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            errors.add(path, "Invalid UTF-8")
+            return "{}"
+    try:
+        decoded = _any_decoder.decode(raw)
+    except RecursionError:
+        decoded = None
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        errors.add(path, "Invalid UTF-8")
+        return "{}"
+    if decoded is None or _depth(decoded, PROPERTIES_MAX_DEPTH) > PROPERTIES_MAX_DEPTH:
         errors.add(path, f"Nesting deeper than {PROPERTIES_MAX_DEPTH} levels")
         return "{}"
+    encoded = _encoder.encode(decoded)
     if len(encoded) > PROPERTIES_MAX_BYTES:
         errors.add(path, f"Encoded size {len(encoded)} bytes exceeds {PROPERTIES_MAX_BYTES}")
     return encoded.decode()
