@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from millimetric.errors import ApiError
+from millimetric.store.rows import IDENTIFY_EVENT
 
 TRACK_BODY_LIMIT = 64 * 1024
 IDENTIFY_BODY_LIMIT = 64 * 1024
@@ -25,8 +26,7 @@ PROPERTIES_MAX_BYTES = 8192
 PROPERTIES_MAX_DEPTH = 32
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
 EARLIEST = dt.datetime(2000, 1, 1)
-RESERVED_EVENTS_ALLOWED = frozenset({"$pageview", "$identify"})
-IDENTIFY_EVENT = "$identify"
+RESERVED_EVENTS_ALLOWED = frozenset({"$pageview", IDENTIFY_EVENT})
 
 
 def _str(min_length: int, max_length: int) -> Any:

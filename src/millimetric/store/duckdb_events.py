@@ -9,7 +9,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from millimetric.store.rows import COLUMNS, EventRow
+from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT, EventRow
 
 # Layout. Rows arrive in time order, so DuckDB's zone maps on "timestamp" skip the row groups
 # outside a read's range. A derived session id (`{anonymous_id}-{floor(unix_seconds/1800)}`, SPEC
@@ -80,11 +80,11 @@ class DuckDBEventStore:
                     user_id = $user
                     OR anonymous_id IN (
                         SELECT anonymous_id FROM events
-                        WHERE project_id = $project AND event_name = '$identify' AND user_id = $user
+                        WHERE project_id = $project AND event_name = $identify AND user_id = $user
                     )
                 )
                 """,
-                {"project": project_id, "user": user_id},
+                {"project": project_id, "user": user_id, "identify": IDENTIFY_EVENT},
             ).fetchone()[0]
 
     def cursor(self) -> duckdb.DuckDBPyConnection:

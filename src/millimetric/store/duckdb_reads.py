@@ -20,8 +20,7 @@ from millimetric.query.plans import (
     StatsPlan,
     TimeRange,
 )
-
-IDENTIFY_EVENT = "$identify"
+from millimetric.store.rows import IDENTIFY_EVENT
 
 # Raw row fields in SPEC section 5 order (timestamp is selected as epoch microseconds).
 ROW_FIELDS = (

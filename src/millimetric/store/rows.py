@@ -34,3 +34,4 @@ class EventRow(msgspec.Struct):
 
 
 COLUMNS: tuple[str, ...] = EventRow.__struct_fields__
+IDENTIFY_EVENT = "$identify"  # the row an identify stores; reads and forget stitch identities by it
