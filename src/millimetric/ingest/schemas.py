@@ -53,7 +53,7 @@ class TrackEvent(msgspec.Struct):
     context: Context | None = None
     # Kept as raw JSON: most clients send compact objects, which are stored without a decode and
     # re-encode (see `encode_object`).
-    properties: msgspec.Raw = msgspec.Raw(b"")
+    properties: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 class Batch(msgspec.Struct):
@@ -69,7 +69,7 @@ class RawBatch(msgspec.Struct):
 class Identify(msgspec.Struct):
     anonymous_id: _str(1, 128)
     user_id: _str(1, 256)
-    traits: msgspec.Raw = msgspec.Raw(b"")
+    traits: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 
 _track_decoder = msgspec.json.Decoder(TrackEvent)
