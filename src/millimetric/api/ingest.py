@@ -50,21 +50,13 @@ def _proxy_country(request: Request, services: Services) -> str:
     return country if len(country) == 2 and country.isalpha() and country != "XX" else ""
 
 
-def _with_context(visit: Visit, principal: Principal, context: schemas.Context | None) -> Visit:
-    """Server-side senders (sk_ only) forward their visitor's IP and User-Agent in `context`."""
-    if context is None or principal.key.kind != "sk":
-        return visit
-    return visit._replace(
-        ip=context.ip or visit.ip,
-        user_agent=context.user_agent if context.user_agent is not None else visit.user_agent,
-    )
-
-
 def _rows(
     request: Request, services: Services, principal: Principal, events: list[schemas.TrackEvent], prefix: str | None
 ) -> list[EventRow]:
     base = _visit(request, services, principal)
-    visits = [_with_context(base, principal, event.context) for event in events]
+    # Server-side senders (sk_ only) forward their visitor's IP and User-Agent in `context`.
+    trusted = principal.key.kind == "sk"
+    visits = [base.with_context(event.context) if trusted else base for event in events]
     retention = principal.project.retention_days if principal.project else None
     kept, dropped = pipeline.accept(events, visits, retention, prefix, services.steps)
     services.count_dropped(base.project_id, dropped)

@@ -17,7 +17,7 @@ import msgspec
 
 from millimetric.errors import ApiError
 from millimetric.ingest import pipeline, schemas
-from millimetric.ingest.visit import Visit, VisitFactory
+from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
 from millimetric.store.control import Project
 from millimetric.store.rows import EventRow
@@ -41,12 +41,6 @@ class Outcome:
     stored: int = 0
     rejected: int = 0
     dropped: Counter[str] = dataclasses.field(default_factory=Counter)
-
-
-def _visit(base: Visit, context: schemas.Context | None) -> Visit:
-    if context is None:
-        return base
-    return base._replace(ip=context.ip or "", user_agent=context.user_agent or "")
 
 
 def _failing_indexes(error: ApiError) -> set[int]:
@@ -112,7 +106,7 @@ class Backfill:
             events = [event for _, _, event in batch]
             try:
                 rows, dropped = pipeline.accept(
-                    events, [_visit(base, e.context) for e in events],
+                    events, [base.with_context(e.context) for e in events],
                     self._project.retention_days, _PREFIX, self._steps,
                 )
             except ApiError as error:

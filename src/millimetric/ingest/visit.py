@@ -9,9 +9,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from typing import Callable, NamedTuple
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from millimetric.store.control import ControlPlane, Project
+
+if TYPE_CHECKING:
+    from millimetric.ingest.schemas import Context
 
 
 class Visit(NamedTuple):
@@ -24,6 +27,15 @@ class Visit(NamedTuple):
     salt: bytes = b""
     keep_bots: bool = False
     is_forgotten: Callable[[str], bool] = lambda _user_id: False
+
+    def with_context(self, context: "Context | None") -> "Visit":
+        """The visitor a trusted server-side sender forwards in `context` (ip, user_agent)."""
+        if context is None:
+            return self
+        return self._replace(
+            ip=context.ip or self.ip,
+            user_agent=context.user_agent if context.user_agent is not None else self.user_agent,
+        )
 
 
 def user_hash(pepper: str, project_id: str, user_id: str) -> str:
