@@ -229,6 +229,27 @@ def projects_limits(
     err.print(f"{route}: {per_second:g}/s, burst {burst} for {found.slug}")
 
 
+@projects_app.command("retention")
+def projects_retention(
+    project: str,
+    days: Annotated[str, typer.Argument(help="Days to keep events, or `off` to keep them forever")],
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Keep PROJECT's events for DAYS: older ones are refused at ingest and deleted within the hour."""
+    control = _open(data_dir, database_url)
+    found = _project_or_exit(control, project)
+    if days == "off":
+        control.set_retention(found.id, None)
+        err.print(f"{found.slug}: events are kept forever")
+        return
+    if not days.isdigit() or int(days) < 1:
+        err.print("[red]DAYS must be a whole number >= 1, or `off`[/red]")
+        raise typer.Exit(2)
+    control.set_retention(found.id, int(days))
+    err.print(f"{found.slug}: events are kept {int(days)} days")
+
+
 @projects_app.command("bots")
 def projects_bots(
     project: str,

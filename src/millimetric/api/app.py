@@ -21,6 +21,7 @@ from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError
+from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 
 log = logging.getLogger("millimetric.api")
@@ -62,14 +63,15 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return error_response(ApiError(code, headers=dict(exc.headers or {})))
 
 
-async def _every(seconds: float, chore: Callable[[], None], what: str) -> None:
-    """Run a blocking control-plane chore periodically, off the event loop, surviving failures."""
+async def _every(seconds: float, chore: Callable[[], object], what: str, first_after: float | None = None) -> None:
+    """Run a blocking chore periodically, off the event loop, surviving failures."""
+    await asyncio.sleep(seconds if first_after is None else first_after)
     while True:
-        await asyncio.sleep(seconds)
         try:
             await asyncio.to_thread(chore)
         except Exception:
             log.exception("could not %s", what)
+        await asyncio.sleep(seconds)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -89,6 +91,10 @@ def create_app(settings: Settings) -> Starlette:
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
             ),
             asyncio.create_task(services.forget.run_forever()),
+            asyncio.create_task(_every(
+                RETENTION_SWEEP_SECONDS, lambda: enforce_retention(services.control, services.events),
+                "delete events past retention", first_after=0,
+            )),
         ]
         try:
             yield

@@ -204,6 +204,10 @@ class ControlPlane:
         with self.engine.begin() as conn:
             conn.execute(projects.update().where(projects.c.id == project_id).values(rate_limits=limits))
 
+    def set_retention(self, project_id: str, days: int | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(projects.update().where(projects.c.id == project_id).values(retention_days=days))
+
     def set_keep_bots(self, project_id: str, keep: bool) -> None:
         with self.engine.begin() as conn:
             conn.execute(projects.update().where(projects.c.id == project_id).values(keep_bots=keep))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from pathlib import Path
 
@@ -85,6 +86,14 @@ class DuckDBEventStore:
                 )
                 """,
                 {"project": project_id, "user": user_id, "identify": IDENTIFY_EVENT},
+            ).fetchone()[0]
+
+    def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
+        """Delete a project's events older than `cutoff` (naive UTC); returns how many."""
+        with self._lock:
+            return self._writer.execute(
+                'DELETE FROM events WHERE project_id = $project AND "timestamp" < $cutoff',
+                {"project": project_id, "cutoff": cutoff},
             ).fetchone()[0]
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
