@@ -16,8 +16,8 @@ What it does, in order:
 4. prints the figures, the targets of issue 2 and whether each is met, and writes everything to
    bench/results/ingest-<timestamp>.json.
 
-The server's CPU use during each measured run (per thread: the event loop, the writer, DuckDB's
-pool) and wrk's own CPU use are recorded too: on a 2-core machine the load generator competes with
+The server's CPU use during each measured run (per thread: the event loop, the writer, and the
+store process) and wrk's own CPU use are recorded too: on a 2-core machine the load generator competes with
 the server, and these figures tell whether the server was the bottleneck. Before each scenario
 the script waits (up to --quiet-wait seconds) until other processes use less than
 --quiet-threshold % of a core, and it reports what they used during each run: other sessions'
@@ -208,25 +208,49 @@ class Server:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`: the server's fork server and, under it, the store process."""
+    parents: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            parents[int(stat[stat.rindex(")") + 2:].split()[1])].append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread group of a process: the main thread (the event loop) by itself, the
-    others (the writer, DuckDB's pool, asyncio.to_thread workers) together unless they are named."""
+    """CPU seconds per thread group of the server: the main thread (the event loop) by itself, the
+    others (the writer, asyncio.to_thread workers) together unless they are named, and the store
+    process (DuckDB) with the other child processes."""
     groups: dict[str, float] = collections.defaultdict(float)
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return {}
-    for tid in tids:
+    for owner in [pid, *descendants(pid)]:
         try:
-            stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-        except (FileNotFoundError, ProcessLookupError):
+            tids = os.listdir(f"/proc/{owner}/task")
+        except FileNotFoundError:
             continue
-        comm = stat[stat.index("(") + 1: stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()
-        seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-        # Python 3.11 leaves every thread named after the executable: group those as one
-        name = "main (event loop)" if tid == str(pid) else ("other threads" if comm.startswith("python") else comm)
-        groups[name] += seconds
+        for tid in tids:
+            try:
+                stat = Path(f"/proc/{owner}/task/{tid}/stat").read_text()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            comm = stat[stat.index("(") + 1: stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+            if owner != pid:
+                name = "store process"
+            elif tid == str(pid):
+                name = "main (event loop)"
+            else:  # Python 3.11 leaves every thread named after the executable: group those as one
+                name = "other threads" if comm.startswith("python") else comm
+            groups[name] += seconds
     return dict(groups)
 
 
@@ -238,12 +262,8 @@ def machine_busy() -> float:
 
 
 def process_cpu(pid: int) -> float:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """CPU seconds of the server and its child processes."""
+    return sum(thread_cpu(pid).values())
 
 
 def wait_until_quiet(server_pid: int, threshold: float, max_wait: float) -> float:

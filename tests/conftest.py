@@ -63,10 +63,8 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
 
 
 def stored_events(client: TestClient, where: str = "true", params: tuple = ()) -> list[dict]:
-    with client.app.state.services.events.cursor() as cur:
-        result = cur.execute(f"SELECT * FROM events WHERE {where} ORDER BY seq", list(params))
-        names = [d[0] for d in result.description]
-        return [dict(zip(names, row)) for row in result.fetchall()]
+    names, rows = client.app.state.services.events.fetch(f"SELECT * FROM events WHERE {where} ORDER BY seq", list(params))
+    return [dict(zip(names, row)) for row in rows]
 
 
 # PostgreSQL: a throwaway database per test run ------------------------------------------------

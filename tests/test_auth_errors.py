@@ -75,8 +75,7 @@ def test_read_and_account_keys_cannot_ingest(client, keys, path, body):
 def test_keys_of_one_project_write_only_there(client, keys):
     other = create_project(client, "other")
     client.post("/v1/track", json={"event": "mine"}, headers=bearer(other.sk))
-    with client.app.state.services.events.cursor() as cur:
-        rows = cur.execute("SELECT project_id FROM events WHERE event_name = 'mine'").fetchall()
+    _, rows = client.app.state.services.events.fetch("SELECT project_id FROM events WHERE event_name = 'mine'")
     assert rows == [(other.project_id,)]
 
 

@@ -14,14 +14,14 @@ from millimetric.ingest.writer import Writer
 from millimetric.privacy.forget import ForgetRunner
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane
-from millimetric.store.duckdb_events import DuckDBEventStore
+from millimetric.store.process import EventStoreProcess
 
 
 @dataclasses.dataclass
 class Services:
     settings: Settings
     control: ControlPlane
-    events: DuckDBEventStore
+    events: EventStoreProcess
     writer: Writer
     keys: KeyResolver
     visits: VisitFactory
@@ -38,7 +38,7 @@ class Services:
     def open(cls, settings: Settings) -> "Services":
         control = ControlPlane(settings.control_plane_url, settings.resolved_pepper())
         control.migrate()
-        events = DuckDBEventStore(settings.event_store_path)
+        events = EventStoreProcess(settings.event_store_path)
         visits = VisitFactory(control)
         return cls(
             settings=settings,

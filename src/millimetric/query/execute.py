@@ -1,6 +1,6 @@
 """Run a validated plan against the event store and shape the JSON answer of each read endpoint.
 
-Blocking (DuckDB work): the API calls these in a worker thread.
+Blocking (they wait on the store process): the API calls these in a worker thread.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from millimetric.query.cursor import CursorCodec
 from millimetric.query.plans import UTC, Position, RowsPlan, SourcesPlan, StatsPlan
 from millimetric.store import duckdb_reads
-from millimetric.store.duckdb_events import DuckDBEventStore
+from millimetric.store.process import EventStoreProcess
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -32,9 +32,8 @@ def iso_local(timestamp_us: int, tz: str) -> str:
     return value.astimezone(zoneinfo.ZoneInfo(tz)).isoformat(timespec="seconds")
 
 
-def events_page(store: DuckDBEventStore, codec: CursorCodec, project_id: str, plan: RowsPlan) -> dict[str, Any]:
-    with store.cursor() as cur:
-        rows, snapshot = duckdb_reads.select_rows(cur, project_id, plan)
+def events_page(store: EventStoreProcess, codec: CursorCodec, project_id: str, plan: RowsPlan) -> dict[str, Any]:
+    rows, snapshot = store.rows(project_id, plan)
     page = rows[: plan.limit]
     next_cursor = None
     if len(rows) > plan.limit:
@@ -45,9 +44,8 @@ def events_page(store: DuckDBEventStore, codec: CursorCodec, project_id: str, pl
     return {"rows": answer, "next_cursor": next_cursor}
 
 
-def stats(store: DuckDBEventStore, project_id: str, plan: StatsPlan) -> dict[str, Any]:
-    with store.cursor() as cur:
-        rows = duckdb_reads.select_stats(cur, project_id, plan)
+def stats(store: EventStoreProcess, project_id: str, plan: StatsPlan) -> dict[str, Any]:
+    rows = store.stats(project_id, plan)
     names = [*plan.group_by, *(["bucket"] if plan.interval else []), "value"]
     answer = []
     for row in rows:
@@ -58,9 +56,8 @@ def stats(store: DuckDBEventStore, project_id: str, plan: StatsPlan) -> dict[str
     return {"metric": plan.metric, "approximate": False, "rows": answer}
 
 
-def sources(store: DuckDBEventStore, project_id: str, plan: SourcesPlan) -> dict[str, Any]:
-    with store.cursor() as cur:
-        rows = duckdb_reads.select_sources(cur, project_id, plan)
+def sources(store: EventStoreProcess, project_id: str, plan: SourcesPlan) -> dict[str, Any]:
+    rows = store.sources(project_id, plan)
     answer = []
     for row in rows:
         *groups, events, uniques, paid = row

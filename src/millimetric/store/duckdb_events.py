@@ -1,15 +1,19 @@
-"""The embedded event store: one DuckDB file owned by the server process."""
+"""The embedded event store: one DuckDB file, opened only inside the store process
+(`millimetric.store.process`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import duckdb
 import msgspec
 import pyarrow as pa
 
+from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
+from millimetric.store import duckdb_reads, duckdb_rollup
 from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT, EventRow
 
 # Layout. Rows arrive in time order, so DuckDB's zone maps on "timestamp" skip the row groups
@@ -38,6 +42,10 @@ _INSERT = "INSERT INTO events ({}, session_sent) SELECT {}, nullif(session_id, {
 # Fewer, larger checkpoints: with DuckDB's default (16 MB of WAL) a bulk load rewrote the tail row
 # group so often that 38% of the file ended up as free blocks.
 CHECKPOINT_WAL_BYTES = "256MB"
+# The rollup of /v1/sources is brought up to date this often, or sooner once this many events wait:
+# a fold costs a pass over the rollup; events not folded yet cost every sources read a little.
+FOLD_SECONDS = 30.0
+FOLD_EVENTS = 100_000
 
 
 class DuckDBEventStore:
@@ -48,12 +56,18 @@ class DuckDBEventStore:
         self._db = duckdb.connect(str(path), config={"checkpoint_threshold": CHECKPOINT_WAL_BYTES})
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute(_DDL)
+        for statement in duckdb_rollup.DDL:
+            self._db.execute(statement)
         if not self._db.execute("SELECT 1 FROM duckdb_columns() WHERE table_name = 'events' AND column_name = "
                                 "'session_sent'").fetchone():
             raise RuntimeError(f"{path} has the event table layout of an older build: start on a new data directory")
         self._next_seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
         self._writer = self._db.cursor()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # appends and deletes
+        self._folder = self._db.cursor()
+        self._rollup_lock = threading.Lock()  # folds and deletes (both rewrite the rollup)
+        self._covered_seq = duckdb_rollup.covered_seq(self._folder)
+        self._folded_at = time.monotonic()
 
     def append(self, rows: list[EventRow]) -> None:
         """Write rows in one transaction; returns only after DuckDB committed (WAL synced)."""
@@ -73,40 +87,72 @@ class DuckDBEventStore:
     def delete_user(self, project_id: str, user_id: str) -> int:
         """Delete a user's events, their `$identify` rows, and every event of an anonymous_id an
         identify linked to them. Serialised with appends; returns the number of rows deleted."""
-        with self._lock:
-            return self._writer.execute(
-                """
-                DELETE FROM events
-                WHERE project_id = $project AND (
-                    user_id = $user
-                    OR anonymous_id IN (
-                        SELECT anonymous_id FROM events
-                        WHERE project_id = $project AND event_name = $identify AND user_id = $user
-                    )
-                )
-                """,
-                {"project": project_id, "user": user_id, "identify": IDENTIFY_EVENT},
-            ).fetchone()[0]
+        condition = """project_id = $project AND (
+            user_id = $user
+            OR anonymous_id IN (
+                SELECT anonymous_id FROM events
+                WHERE project_id = $project AND event_name = $identify AND user_id = $user
+            )
+        )"""
+        return self._delete(condition, {"project": project_id, "user": user_id, "identify": IDENTIFY_EVENT})
 
     def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
         """Delete a project's events older than `cutoff` (naive UTC); returns how many."""
-        with self._lock:
-            return self._writer.execute(
-                'DELETE FROM events WHERE project_id = $project AND "timestamp" < $cutoff',
-                {"project": project_id, "cutoff": cutoff},
-            ).fetchone()[0]
+        condition = 'project_id = $project AND "timestamp" < $cutoff'
+        return self._delete(condition, {"project": project_id, "cutoff": cutoff})
 
-    def cursor(self) -> duckdb.DuckDBPyConnection:
+    def fold(self) -> int:
+        """Bring the sources rollup up to date; returns how many events it took in."""
+        with self._rollup_lock:
+            folded = duckdb_rollup.fold(self._folder)
+            self._covered_seq = duckdb_rollup.covered_seq(self._folder)
+            self._folded_at = time.monotonic()
+            return folded
+
+    def fold_due(self) -> bool:
+        waiting = self._next_seq - 1 - self._covered_seq
+        return waiting >= FOLD_EVENTS or (waiting > 0 and time.monotonic() - self._folded_at >= FOLD_SECONDS)
+
+    def _delete(self, condition: str, params: dict) -> int:
+        with self._lock, self._rollup_lock:
+            self._writer.execute("BEGIN TRANSACTION")
+            try:
+                deleted = duckdb_rollup.delete_events(self._writer, condition, params)
+                self._writer.execute("COMMIT")
+            except BaseException:
+                self._writer.execute("ROLLBACK")
+                raise
+            return deleted
+
+    def rows(self, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
+        with self._cursor() as cur:
+            return duckdb_reads.select_rows(cur, project_id, plan)
+
+    def stats(self, project_id: str, plan: StatsPlan) -> list[tuple]:
+        with self._cursor() as cur:
+            return duckdb_reads.select_stats(cur, project_id, plan)
+
+    def sources(self, project_id: str, plan: SourcesPlan) -> list[tuple]:
+        with self._cursor() as cur:
+            return duckdb_reads.select_sources(cur, project_id, plan)
+
+    def fetch(self, sql: str, params: list | dict | None = None) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of one statement: for health checks, tests and operators."""
+        with self._cursor() as cur:
+            result = cur.execute(sql, params)
+            return [d[0] for d in result.description], result.fetchall()
+
+    def ping(self) -> None:
+        self.fetch("SELECT 1")
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
         cur = self._db.cursor()
         cur.execute("SET TimeZone = 'UTC'")
         return cur
 
-    def ping(self) -> None:
-        with self.cursor() as cur:
-            cur.execute("SELECT 1").fetchone()
-
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._rollup_lock:
             self._writer.close()
+            self._folder.close()
             self._db.execute("CHECKPOINT")
             self._db.close()

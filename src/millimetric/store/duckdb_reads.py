@@ -8,6 +8,7 @@ parameter. Results are plain tuples; `millimetric.query.execute` turns them into
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import duckdb
@@ -162,16 +163,56 @@ def select_stats(cur: duckdb.DuckDBPyConnection, project_id: str, plan: StatsPla
     return cur.execute(sql, params).fetchall()
 
 
+def whole_days(time_range: TimeRange) -> tuple[dt.date, dt.date]:
+    """[first, end) of the UTC days wholly inside the range; empty (first == end) if there are none."""
+    first = time_range.start.date()
+    if time_range.start != dt.datetime.combine(first, dt.time()):
+        first += dt.timedelta(days=1)
+    return first, max(first, time_range.end.date())
+
+
 def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: SourcesPlan) -> list[tuple]:
-    """Rows of (source, [medium], events, uniques, paid events), most events first."""
-    with_clause, where, params = _selection(project_id, plan.range, Filters())
-    params["limit"] = plan.limit
-    groups = "source, medium" if plan.breakdown == "source_medium" else "source"
-    sql = f"""{with_clause}
-        SELECT {groups}, count(*) AS events, count(DISTINCT anonymous_id) AS uniques,
-               count(*) FILTER (WHERE medium = 'paid') AS paid
-        FROM events WHERE {where}
-        GROUP BY ALL
-        ORDER BY events DESC, {groups}
+    """Rows of (source, [medium], events, uniques, paid events), most events first.
+
+    Whole UTC days come from the rollup (`duckdb_rollup`); the `edge` events are the rest: partial
+    days at the range's ends, and events the rollup does not hold yet. A visitor is counted once:
+    rollup visitors also seen in the edge are taken off the rollup's count.
+    """
+    first_day, end_day = whole_days(plan.range)
+    params = {
+        "project_id": project_id, "start": plan.range.start, "end": plan.range.end,
+        "first_day": first_day, "end_day": end_day, "limit": plan.limit,
+    }
+    by_medium = plan.breakdown == "source_medium"
+    groups = "source, medium" if by_medium else "source"
+    sql = f"""
+        WITH edge AS (
+            SELECT source, medium, anonymous_id FROM events
+            WHERE {_IN_RANGE} AND ("timestamp" < $first_day OR "timestamp" >= $end_day
+                OR seq > (SELECT covered_seq FROM rollup_state))
+        ), edge_visitors AS (
+            SELECT DISTINCT {groups}, anonymous_id FROM edge
+        ), counts AS (
+            SELECT {groups}, sum(events) AS events, coalesce(sum(events) FILTER (WHERE medium = 'paid'), 0) AS paid
+            FROM (
+                SELECT source, medium, events FROM source_days
+                WHERE project_id = $project_id AND day >= $first_day AND day < $end_day
+                UNION ALL
+                SELECT source, medium, 1 FROM edge
+            ) GROUP BY ALL
+        ), visitors AS (
+            SELECT {groups}, count(*) - count(*) FILTER (WHERE ({groups}, anonymous_id) IN (FROM edge_visitors)) AS n
+            FROM source_visitors
+            WHERE project_id = $project_id AND medium IS {"NOT NULL" if by_medium else "NULL"}
+                AND first_day < $end_day AND last_day >= $first_day
+                AND (first_day >= $first_day AND last_day < $end_day
+                     OR len(list_filter(days, lambda d: d >= $first_day AND d < $end_day)) > 0)
+            GROUP BY ALL
+            UNION ALL
+            SELECT {groups}, count(*) FROM edge_visitors GROUP BY ALL
+        )
+        SELECT {groups}, counts.events, uniques.n, counts.paid
+        FROM counts JOIN (SELECT {groups}, sum(n) AS n FROM visitors GROUP BY ALL) AS uniques USING ({groups})
+        ORDER BY counts.events DESC, {groups}
         LIMIT $limit"""
     return cur.execute(sql, params).fetchall()

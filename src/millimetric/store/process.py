@@ -1,0 +1,234 @@
+"""The store process: the only process that opens the DuckDB file; the server talks to it over pipes.
+
+Why a process of its own: during an insert, DuckDB's Python binding takes the GIL back many times
+(its Python-side Arrow scan, interrupt checks). On a writer thread inside the server that stalled
+the event loop on every commit. Here the inserts run beside the server, and the server's side of a
+write is pickling the rows and waiting on a pipe with the GIL released.
+
+One pipe carries writes (appends and deletes, one at a time, in order) and a few more carry reads,
+so a long read never delays a commit. The child ignores SIGINT and SIGTERM: the server decides
+when it stops (after draining its queue) and closes the store. If the server dies, the child sees
+its pipes close, checkpoints and exits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import multiprocessing
+import multiprocessing.connection
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
+from millimetric.store.rows import EventRow
+
+if TYPE_CHECKING:
+    from millimetric.store.duckdb_events import DuckDBEventStore
+
+log = logging.getLogger("millimetric.store")
+
+# A fork server with the store's modules loaded starts each store process in milliseconds, without
+# forking the (threaded) server itself.
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["millimetric.store.duckdb_events"])
+READ_CHANNELS = 4
+OPEN_TIMEOUT_SECONDS = 30.0  # a store process of a killed server may still hold the file briefly
+_WRITE_METHODS = frozenset({"append", "delete_user", "delete_before", "fold"})
+_FOLD_CHECK_SECONDS = 1.0
+# Rows cross the pipe as MessagePack: encoding is ~5x cheaper than pickling for the server.
+_ROWS_ENCODER = msgspec.msgpack.Encoder()
+_ROWS_DECODER = msgspec.msgpack.Decoder(list[EventRow])
+_READ_METHODS = frozenset({"rows", "stats", "sources", "fetch", "ping"})
+
+
+class StoreError(RuntimeError):
+    """The store process refused an operation, or is gone."""
+
+
+class _Channel:
+    """One pipe to the store process; one call at a time."""
+
+    def __init__(self, connection: multiprocessing.connection.Connection) -> None:
+        self._connection = connection
+        self._lock = threading.Lock()
+
+    def call(self, method: str, *args: Any) -> Any:
+        with self._lock:
+            try:
+                self._connection.send((method, args))
+                status, value = self._connection.recv()
+            except (EOFError, OSError) as exc:
+                raise StoreError("the event store process is not running") from exc
+        if status != "ok":
+            raise StoreError(value)
+        return value
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class EventStoreProcess:
+    """The event store, run in a child process. Blocking calls: use them off the event loop."""
+
+    def __init__(
+        self, path: Path, read_channels: int = READ_CHANNELS, open_timeout: float = OPEN_TIMEOUT_SECONDS
+    ) -> None:
+        pipes = [_CONTEXT.Pipe() for _ in range(1 + read_channels)]
+        ends = [child for _, child in pipes]
+        self._process = _CONTEXT.Process(
+            target=_serve, args=(path, ends, open_timeout), name="millimetric-store", daemon=True
+        )
+        self._process.start()
+        for _, child in pipes:
+            child.close()
+        self._writes = _Channel(pipes[0][0])
+        self._reads: queue.SimpleQueue[_Channel] = queue.SimpleQueue()
+        self._read_channels = [_Channel(parent) for parent, _ in pipes[1:]]
+        for channel in self._read_channels:
+            self._reads.put(channel)
+        try:
+            self._writes.call("ready")
+        except StoreError:
+            self._process.join(5)
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def append(self, rows: list[EventRow]) -> None:
+        """Returns once the rows are committed."""
+        if rows:
+            self._writes.call("append", _ROWS_ENCODER.encode(rows))
+
+    def delete_user(self, project_id: str, user_id: str) -> int:
+        return self._writes.call("delete_user", project_id, user_id)
+
+    def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
+        return self._writes.call("delete_before", project_id, cutoff)
+
+    def fold(self) -> int:
+        """Fold new events into the sources rollup now (the store process also does it by itself)."""
+        return self._writes.call("fold")
+
+    def rows(self, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
+        return self._read("rows", project_id, plan)
+
+    def stats(self, project_id: str, plan: StatsPlan) -> list[tuple]:
+        return self._read("stats", project_id, plan)
+
+    def sources(self, project_id: str, plan: SourcesPlan) -> list[tuple]:
+        return self._read("sources", project_id, plan)
+
+    def fetch(self, sql: str, params: list | dict | None = None) -> tuple[list[str], list[tuple]]:
+        return self._read("fetch", sql, params)
+
+    def ping(self) -> None:
+        self._read("ping")
+
+    def close(self) -> None:
+        """Checkpoint and stop the store process (call after the writer drained)."""
+        try:
+            self._writes.call("close")
+        except StoreError:
+            log.warning("the event store process had already stopped")
+        for channel in (self._writes, *self._read_channels):
+            channel.close()
+        self._process.join()
+
+    def _read(self, method: str, *args: Any) -> Any:
+        channel = self._reads.get()
+        try:
+            return channel.call(method, *args)
+        finally:
+            self._reads.put(channel)
+
+
+# The child -----------------------------------------------------------------------------------
+def _serve(path: Path, connections: list[multiprocessing.connection.Connection], open_timeout: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    writes, *reads = connections
+    try:
+        store = _open(path, open_timeout)
+    except Exception as exc:
+        _reply_to_ready(writes, "error", f"cannot open the event store {path}: {exc}")
+        return
+    _reply_to_ready(writes, "ok", None)
+    for connection in reads:
+        threading.Thread(target=_answer, args=(store, connection, _READ_METHODS), daemon=True).start()
+    threading.Thread(target=_fold_when_due, args=(store,), daemon=True).start()
+    _answer(store, writes, _WRITE_METHODS)
+    store.close()
+    try:
+        writes.send(("ok", None))  # the reply to "close", once the checkpoint is done
+    except OSError:
+        pass
+
+
+def _open(path: Path, timeout: float) -> "DuckDBEventStore":
+    """Imported here: only the store process loads DuckDB."""
+    import duckdb
+
+    from millimetric.store.duckdb_events import DuckDBEventStore
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return DuckDBEventStore(path)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _fold_when_due(store: "DuckDBEventStore") -> None:
+    while True:
+        time.sleep(_FOLD_CHECK_SECONDS)
+        if store.fold_due():
+            try:
+                store.fold()
+            except Exception:
+                log.exception("could not fold new events into the sources rollup")
+
+
+def _reply_to_ready(connection: multiprocessing.connection.Connection, status: str, value: Any) -> None:
+    try:
+        connection.recv()
+        connection.send((status, value))
+    except (EOFError, OSError):
+        pass
+
+
+def _answer(
+    store: "DuckDBEventStore", connection: multiprocessing.connection.Connection, methods: frozenset[str]
+) -> None:
+    """Serve calls until the server closes the pipe or (on the write pipe) asks to close."""
+    while True:
+        try:
+            method, args = connection.recv()
+        except (EOFError, OSError):
+            return
+        if method == "close":
+            return
+        if method not in methods:
+            reply = ("error", f"unknown store call {method!r}")
+        else:
+            try:
+                if method == "append":
+                    args = (_ROWS_DECODER.decode(args[0]),)
+                reply = ("ok", getattr(store, method)(*args))
+            except Exception as exc:
+                log.exception("event store call %s failed", method)
+                reply = ("error", f"{type(exc).__name__}: {exc}")
+        try:
+            connection.send(reply)
+        except OSError:
+            return

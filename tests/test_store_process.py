@@ -1,0 +1,70 @@
+"""The store process: DuckDB lives in a child process; the server only talks to it over pipes."""
+
+import datetime as dt
+import os
+import signal
+import time
+
+import pytest
+
+from millimetric.store.process import EventStoreProcess, StoreError
+from millimetric.store.rows import EventRow
+from test_auth_errors import assert_error
+
+from conftest import bearer, stored_events
+
+TRACK = {"event": "signup", "anonymous_id": "anon-1"}
+
+
+def test_the_server_process_never_opens_the_event_file(client, keys, settings):
+    client.post("/v1/track", json=TRACK, headers=bearer(keys.sk))
+    store = client.app.state.services.events
+    assert store.pid != os.getpid()
+    own_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
+    assert str(settings.event_store_path) not in own_files
+    child_files = {os.path.realpath(f"/proc/{store.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{store.pid}/fd")}
+    assert str(settings.event_store_path) in child_files
+
+
+def test_a_failed_store_call_is_reported_and_the_store_keeps_working(client, keys):
+    store = client.app.state.services.events
+    with pytest.raises(StoreError, match="no_such_table"):
+        store.fetch("SELECT * FROM no_such_table")
+    assert client.post("/v1/track", json=TRACK, headers=bearer(keys.sk)).status_code == 202
+    assert [row["event_name"] for row in stored_events(client)] == ["signup"]
+
+
+def test_a_dead_store_process_fails_writes_and_health_without_a_traceback(client, keys):
+    os.kill(client.app.state.services.events.pid, signal.SIGKILL)
+    time.sleep(0.2)
+    response = client.post("/v1/track", json=TRACK, headers=bearer(keys.sk))
+    assert_error(response, 502, "upstream_failed")
+    assert "Traceback" not in response.text
+    health = client.get("/healthz")
+    assert health.status_code == 503
+    assert health.json()["event_store"] == "unreachable"
+
+
+def test_a_second_store_on_the_same_file_waits_then_reports_the_lock(tmp_path):
+    path = tmp_path / "events.duckdb"
+    first = EventStoreProcess(path)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="cannot open the event store"):
+            EventStoreProcess(path, open_timeout=0.5)
+        assert time.monotonic() - started >= 0.5
+    finally:
+        first.close()
+    EventStoreProcess(path, open_timeout=0.5).close()  # free again once the first one closed
+
+
+def test_closing_checkpoints_so_the_file_holds_every_row(tmp_path):
+    import duckdb
+
+    path = tmp_path / "events.duckdb"
+    store = EventStoreProcess(path)
+    store.append([EventRow("p1", dt.datetime(2026, 1, 1), "a"), EventRow("p1", dt.datetime(2026, 1, 2), "b")])
+    store.close()
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT seq, event_name FROM events ORDER BY seq").fetchall() == [(1, "a"), (2, "b")]
+    assert not (tmp_path / "events.duckdb.wal").exists()
