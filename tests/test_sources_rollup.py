@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from millimetric.api.app import create_app
 from millimetric.query.plans import TimeRange
-from millimetric.store.duckdb_reads import whole_days
+from millimetric.store.duckdb_reads import rolled_up_days
 
 from conftest import bearer, create_project, make_settings, stored_events
 
@@ -28,7 +28,8 @@ ARRIVALS = [
 ]
 RANGES = [
     ("2024-03-01T00:00:00Z", "2024-03-13T00:00:00Z"),  # whole days only
-    ("2024-03-02T07:30:00Z", "2024-03-09T18:15:00Z"),  # partial days at both ends
+    ("2024-03-01T07:30:00Z", "2024-03-11T18:15:00Z"),  # partial days at both ends
+    ("2024-03-02T07:30:00Z", "2024-03-08T18:15:00Z"),  # too few whole days to use the rollup
     ("2024-03-04T01:00:00Z", "2024-03-04T23:00:00Z"),  # inside one day: no whole day at all
     ("2024-03-05T00:00:00Z", "2024-03-05T12:00:00Z"),  # starts on a day boundary, ends mid-day
     ("2024-03-06T12:00:00Z", "2024-03-08T00:00:00Z"),  # starts mid-day, ends on a boundary
@@ -120,6 +121,11 @@ def test_answers_stay_exact_after_forget_and_retention(app):
     for user in ("u0", "u20", "u70"):
         assert store.delete_user(keys.project_id, user) > 0
     assert_matches_reference(client, keys)
+    # every event of v0 carried user u0: forgetting u0 leaves nothing of v0 in the rollup either
+    _, rows = store.fetch("SELECT count(*) FROM rollup_visitors WHERE anonymous_id IN ('v0', 'v20', 'v70')")
+    assert rows == [(0,)]
+    _, rows = store.fetch("SELECT count(*) FROM rollup_visitors WHERE anonymous_id = 'v1'")
+    assert rows == [(1,)]
     send(client, keys.sk, generated_events(300, seed=4))  # unfolded rows, then a retention cut mid-day
     assert store.delete_before(keys.project_id, dt.datetime(2024, 3, 5, 13, 30)) > 0
     assert_matches_reference(client, keys)
@@ -133,17 +139,21 @@ def test_the_rollup_holds_one_row_per_visitor_and_way_in(app):
     store = client.app.state.services.events
     store.fold()
     _, rows = store.fetch(
-        "SELECT count(*), count(DISTINCT (source, medium, anonymous_id)) FROM source_visitors "
-        "WHERE project_id = ? AND medium IS NOT NULL", [keys.project_id])
+        "SELECT count(*), count(DISTINCT (source, medium, vid)) FROM source_medium_visitors WHERE project_id = ?",
+        [keys.project_id])
     assert rows[0][0] == rows[0][1] > 0
-    _, rows = store.fetch("SELECT count(*) FROM source_visitors WHERE list_sort(days) != days OR len(days) = 0")
-    assert rows == [(0,)]
+    for table in ("source_medium_visitors", "source_visitors"):
+        _, rows = store.fetch(f"SELECT count(*) FROM {table} WHERE list_sort(days) != days OR len(days) = 0")
+        assert rows == [(0,)]
+    _, rows = store.fetch("SELECT count(*), count(DISTINCT vid), count(DISTINCT anonymous_id) FROM rollup_visitors")
+    assert rows[0][0] == rows[0][1] == rows[0][2] > 0
 
 
 @pytest.mark.parametrize(("start", "end", "days"), [
-    (dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 3), (dt.date(2024, 3, 1), dt.date(2024, 3, 3))),
-    (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 3, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 3))),
+    (dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 8), (dt.date(2024, 3, 1), dt.date(2024, 3, 8))),
+    (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 9, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 9))),
+    (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 8, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 2))),
     (dt.datetime(2024, 3, 1, 6), dt.datetime(2024, 3, 1, 9), (dt.date(2024, 3, 2), dt.date(2024, 3, 2))),
 ])
-def test_whole_days_of_a_range(start, end, days):
-    assert whole_days(TimeRange(start, end)) == days
+def test_the_rollup_answers_for_the_whole_days_of_a_week_or_more(start, end, days):
+    assert rolled_up_days(TimeRange(start, end)) == days

@@ -21,6 +21,7 @@ from millimetric.query.plans import (
     StatsPlan,
     TimeRange,
 )
+from millimetric.store.duckdb_rollup import covered_seq
 from millimetric.store.rows import IDENTIFY_EVENT
 
 # Raw row fields in SPEC section 5 order (timestamp is selected as epoch microseconds).
@@ -163,12 +164,19 @@ def select_stats(cur: duckdb.DuckDBPyConnection, project_id: str, plan: StatsPla
     return cur.execute(sql, params).fetchall()
 
 
-def whole_days(time_range: TimeRange) -> tuple[dt.date, dt.date]:
-    """[first, end) of the UTC days wholly inside the range; empty (first == end) if there are none."""
+# With fewer whole days, reading the range's events costs less than a pass over the rollup (bench
+# data at 10M events: 3 days 28 ms from events against 83 ms with the rollup; 30 days 120 against 84).
+ROLLUP_MIN_DAYS = 7
+
+
+def rolled_up_days(time_range: TimeRange) -> tuple[dt.date, dt.date]:
+    """[first, end) of the UTC days /v1/sources reads from the rollup: the whole days inside the
+    range, or none (first == end) when there are fewer than ROLLUP_MIN_DAYS."""
     first = time_range.start.date()
     if time_range.start != dt.datetime.combine(first, dt.time()):
         first += dt.timedelta(days=1)
-    return first, max(first, time_range.end.date())
+    end = time_range.end.date()
+    return (first, end) if (end - first).days >= ROLLUP_MIN_DAYS else (first, first)
 
 
 def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: SourcesPlan) -> list[tuple]:
@@ -178,18 +186,13 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
     days at the range's ends, and events the rollup does not hold yet. A visitor is counted once:
     rollup visitors also seen in the edge are taken off the rollup's count.
     """
-    first_day, end_day = whole_days(plan.range)
-    params = {
-        "project_id": project_id, "start": plan.range.start, "end": plan.range.end,
-        "first_day": first_day, "end_day": end_day, "limit": plan.limit,
-    }
+    first_day, end_day = rolled_up_days(plan.range)
     by_medium = plan.breakdown == "source_medium"
     groups = "source, medium" if by_medium else "source"
     sql = f"""
         WITH edge AS (
             SELECT source, medium, anonymous_id FROM events
-            WHERE {_IN_RANGE} AND ("timestamp" < $first_day OR "timestamp" >= $end_day
-                OR seq > (SELECT covered_seq FROM rollup_state))
+            WHERE {_IN_RANGE} AND ("timestamp" < $first_day OR "timestamp" >= $end_day OR seq > $covered)
         ), edge_visitors AS (
             SELECT DISTINCT {groups}, anonymous_id FROM edge
         ), counts AS (
@@ -201,10 +204,12 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
                 SELECT source, medium, 1 FROM edge
             ) GROUP BY ALL
         ), visitors AS (
-            SELECT {groups}, count(*) - count(*) FILTER (WHERE ({groups}, anonymous_id) IN (FROM edge_visitors)) AS n
-            FROM source_visitors
-            WHERE project_id = $project_id AND medium IS {"NOT NULL" if by_medium else "NULL"}
-                AND first_day < $end_day AND last_day >= $first_day
+            SELECT {groups}, count(*) - count(*) FILTER (WHERE ({groups}, vid) IN (
+                SELECT {groups}, v.vid FROM edge_visitors
+                JOIN rollup_visitors AS v ON v.project_id = $project_id AND v.anonymous_id = edge_visitors.anonymous_id
+            )) AS n
+            FROM {"source_medium_visitors" if by_medium else "source_visitors"}
+            WHERE $first_day < $end_day AND project_id = $project_id AND first_day < $end_day AND last_day >= $first_day
                 AND (first_day >= $first_day AND last_day < $end_day
                      OR len(list_filter(days, lambda d: d >= $first_day AND d < $end_day)) > 0)
             GROUP BY ALL
@@ -215,4 +220,14 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
         FROM counts JOIN (SELECT {groups}, sum(n) AS n FROM visitors GROUP BY ALL) AS uniques USING ({groups})
         ORDER BY counts.events DESC, {groups}
         LIMIT $limit"""
-    return cur.execute(sql, params).fetchall()
+    # The rollup's extent is read in the statement's own snapshot, then bound as a value: as a
+    # subquery it kept DuckDB from skipping row groups (40 ms instead of 2 at 10M events).
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        params = {
+            "project_id": project_id, "start": plan.range.start, "end": plan.range.end, "covered": covered_seq(cur),
+            "first_day": first_day, "end_day": end_day, "limit": plan.limit,
+        }
+        return cur.execute(sql, params).fetchall()
+    finally:
+        cur.execute("COMMIT")

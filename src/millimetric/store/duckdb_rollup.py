@@ -3,8 +3,9 @@
 Exact distinct visitors per (source, medium) over 12 months of 10M events is a hash aggregate over
 2.45M (source, medium, visitor) entries: about a second on the bench machine. The rollup keeps,
 per project,
-- `source_visitors`: one row per (source, medium, anonymous_id), and one per (source, anonymous_id)
-  with medium NULL (every medium), holding the UTC days that visitor came that way;
+- `source_medium_visitors`: one row per (source, medium, visitor), and `source_visitors` one per
+  (source, visitor), holding the UTC days that visitor came that way (visitors are numbered in
+  `rollup_visitors`);
 - `source_days`: events per (UTC day, source, medium).
 A read takes whole days of its range from the rollup and everything else (the partial days at the
 range's ends, and events newer than the rollup) from the events table, so answers stay exact.
@@ -18,31 +19,47 @@ from __future__ import annotations
 
 import duckdb
 
+# Each table counts a visitor once per value of its columns: one per /v1/sources breakdown.
+VISITOR_TABLES = {"source_medium_visitors": ("source", "medium"), "source_visitors": ("source",)}
 DDL = (
-    """CREATE TABLE IF NOT EXISTS source_visitors (
-        project_id VARCHAR, source VARCHAR, medium VARCHAR, anonymous_id VARCHAR,
-        first_day DATE, last_day DATE, days DATE[])""",
+    # Visitors are numbered: the rollup repeats each one per source and medium, and an integer
+    # is a third of the size of an anonymous_id (and faster to join on).
+    "CREATE TABLE IF NOT EXISTS rollup_visitors (project_id VARCHAR, anonymous_id VARCHAR, vid BIGINT)",
+    *(
+        f"""CREATE TABLE IF NOT EXISTS {table} (project_id VARCHAR, {", ".join(f"{c} VARCHAR" for c in columns)},
+            vid BIGINT, first_day DATE, last_day DATE, days DATE[])"""
+        for table, columns in VISITOR_TABLES.items()
+    ),
     """CREATE TABLE IF NOT EXISTS source_days (
         project_id VARCHAR, day DATE, source VARCHAR, medium VARCHAR, events BIGINT)""",
     "CREATE TABLE IF NOT EXISTS rollup_state (covered_seq BIGINT NOT NULL)",
     "INSERT INTO rollup_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM rollup_state)",
 )
-
-# Both levels of `source_visitors` from a relation of (project_id, source, medium, anonymous_id, day).
-_VISITOR_ROWS = """
-    SELECT project_id, source, medium, anonymous_id, min(day) AS first_day, max(day) AS last_day,
-           list(DISTINCT day ORDER BY day) AS days
-    FROM {relation} GROUP BY project_id, source, medium, anonymous_id
-    UNION ALL
-    SELECT project_id, source, NULL, anonymous_id, min(day), max(day), list(DISTINCT day ORDER BY day)
-    FROM {relation} GROUP BY project_id, source, anonymous_id"""
-_SAME_VISITOR = """t.project_id = n.project_id AND t.source = n.source AND t.medium IS NOT DISTINCT FROM n.medium
-    AND t.anonymous_id = n.anonymous_id"""
 _SAME_DAY = "t.project_id = n.project_id AND t.day = n.day AND t.source = n.source AND t.medium = n.medium"
+
+
+def _visitor_rows(relation: str, columns: tuple[str, ...]) -> str:
+    """Rows of a visitor table from `relation` (project_id, source, medium, anonymous_id, day)."""
+    keys = ", ".join(f"e.{c}" for c in columns)
+    return f"""
+        SELECT e.project_id, {keys}, v.vid, min(e.day) AS first_day, max(e.day) AS last_day,
+               list(DISTINCT e.day ORDER BY e.day) AS days
+        FROM {relation} AS e JOIN rollup_visitors AS v USING (project_id, anonymous_id)
+        GROUP BY e.project_id, {keys}, v.vid"""
 
 
 def covered_seq(cur: duckdb.DuckDBPyConnection) -> int:
     return cur.execute("SELECT covered_seq FROM rollup_state").fetchone()[0]
+
+
+def _number_visitors(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
+    """Give the anonymous_ids of `relation` that have no number yet the next free ones."""
+    cur.execute(f"""INSERT INTO rollup_visitors
+        SELECT project_id, anonymous_id, (SELECT coalesce(max(vid), 0) FROM rollup_visitors) + row_number() OVER ()
+        FROM (SELECT DISTINCT project_id, anonymous_id FROM {relation}) AS n
+        WHERE NOT EXISTS (
+            SELECT 1 FROM rollup_visitors AS v WHERE v.project_id = n.project_id AND v.anonymous_id = n.anonymous_id
+        )""")
 
 
 def fold(cur: duckdb.DuckDBPyConnection) -> int:
@@ -60,19 +77,21 @@ def fold(cur: duckdb.DuckDBPyConnection) -> int:
             WHERE seq > $covered AND seq <= $upto""",
             {"covered": covered, "upto": upto},
         )
+        _number_visitors(cur, "fresh")
         cur.execute(f"""MERGE INTO source_days AS t
             USING (SELECT project_id, day, source, medium, count(*) AS events FROM fresh GROUP BY ALL) AS n
             ON {_SAME_DAY}
             WHEN MATCHED THEN UPDATE SET events = t.events + n.events
             WHEN NOT MATCHED THEN INSERT VALUES (n.project_id, n.day, n.source, n.medium, n.events)""")
-        cur.execute(f"""MERGE INTO source_visitors AS t
-            USING ({_VISITOR_ROWS.format(relation="fresh")}) AS n
-            ON {_SAME_VISITOR}
-            WHEN MATCHED THEN UPDATE SET first_day = least(t.first_day, n.first_day),
-                last_day = greatest(t.last_day, n.last_day),
-                days = list_sort(list_distinct(list_concat(t.days, n.days)))
-            WHEN NOT MATCHED THEN INSERT VALUES
-                (n.project_id, n.source, n.medium, n.anonymous_id, n.first_day, n.last_day, n.days)""")
+        for table, columns in VISITOR_TABLES.items():
+            same = " AND ".join(f"t.{c} = n.{c}" for c in ("project_id", *columns, "vid"))
+            cur.execute(f"""MERGE INTO {table} AS t
+                USING ({_visitor_rows("fresh", columns)}) AS n
+                ON {same}
+                WHEN MATCHED THEN UPDATE SET first_day = least(t.first_day, n.first_day),
+                    last_day = greatest(t.last_day, n.last_day),
+                    days = list_sort(list_distinct(list_concat(t.days, n.days)))
+                WHEN NOT MATCHED THEN INSERT BY NAME""")
         cur.execute("UPDATE rollup_state SET covered_seq = $upto", {"upto": upto})
         cur.execute("DROP TABLE fresh")
         cur.execute("COMMIT")
@@ -84,7 +103,10 @@ def fold(cur: duckdb.DuckDBPyConnection) -> int:
 
 def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) -> int:
     """DELETE FROM events WHERE `condition`, and rebuild the rollup rows of the visitors and days
-    it touched from the events left. Run inside the caller's transaction; returns rows deleted."""
+    it touched from the events left. Run inside the caller's transaction; returns rows deleted.
+
+    A touched visitor loses its number, so an anonymous_id with no events left is gone from the
+    rollup too (forget means forget); one with events left gets a new number."""
     covered = covered_seq(cur)
     cur.execute(
         f"""CREATE OR REPLACE TEMP TABLE gone AS
@@ -93,14 +115,19 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
         params,
     )
     deleted = cur.execute(f"DELETE FROM events WHERE {condition}", params).fetchone()[0]
-    cur.execute("""DELETE FROM source_visitors AS t
-        USING (SELECT DISTINCT project_id, anonymous_id FROM gone) AS n
-        WHERE t.project_id = n.project_id AND t.anonymous_id = n.anonymous_id""")
-    remaining = f"""(SELECT e.project_id, e.source, e.medium, e.anonymous_id, e."timestamp"::DATE AS day
-        FROM events AS e SEMI JOIN (SELECT DISTINCT project_id, anonymous_id FROM gone) AS n
-            ON e.project_id = n.project_id AND e.anonymous_id = n.anonymous_id
-        WHERE e.seq <= {covered:d})"""
-    cur.execute(f"INSERT INTO source_visitors {_VISITOR_ROWS.format(relation=remaining)}")
+    cur.execute("""CREATE OR REPLACE TEMP TABLE gone_visitors AS
+        SELECT v.project_id, v.anonymous_id, v.vid FROM rollup_visitors AS v
+        SEMI JOIN gone AS g ON v.project_id = g.project_id AND v.anonymous_id = g.anonymous_id""")
+    for table in VISITOR_TABLES:
+        cur.execute(f"DELETE FROM {table} AS t USING gone_visitors AS g WHERE t.vid = g.vid")
+    cur.execute("DELETE FROM rollup_visitors AS t USING gone_visitors AS g WHERE t.vid = g.vid")
+    cur.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
+        SELECT e.project_id, e.source, e.medium, e.anonymous_id, e."timestamp"::DATE AS day
+        FROM events AS e SEMI JOIN gone_visitors AS g ON e.project_id = g.project_id AND e.anonymous_id = g.anonymous_id
+        WHERE e.seq <= {covered:d}""")
+    _number_visitors(cur, "kept")
+    for table, columns in VISITOR_TABLES.items():
+        cur.execute(f"INSERT INTO {table} BY NAME {_visitor_rows('kept', columns)}")
     cur.execute("""DELETE FROM source_days AS t
         USING (SELECT DISTINCT project_id, day FROM gone) AS n
         WHERE t.project_id = n.project_id AND t.day = n.day""")
@@ -110,5 +137,6 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
             ON e.project_id = n.project_id AND e."timestamp"::DATE = n.day
         WHERE e.seq <= {covered:d}
         GROUP BY ALL""")
-    cur.execute("DROP TABLE gone")
+    for table in ("gone", "gone_visitors", "kept"):
+        cur.execute(f"DROP TABLE {table}")
     return deleted
