@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from millimetric.query.plans import SourcesPlan, TimeRange
 from millimetric.store.process import EventStoreProcess, StoreError
 from millimetric.store.rows import EventRow
 from test_auth_errors import assert_error
@@ -68,3 +69,20 @@ def test_closing_checkpoints_so_the_file_holds_every_row(tmp_path):
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT seq, event_name FROM events ORDER BY seq").fetchall() == [(1, "a"), (2, "b")]
     assert not (tmp_path / "events.duckdb.wal").exists()
+
+
+def test_folds_leave_no_transaction_open_so_the_wal_is_checkpointed(tmp_path):
+    """DuckDB checkpoints its WAL automatically only while no other transaction is open."""
+    from millimetric.store.duckdb_events import DuckDBEventStore
+
+    path = tmp_path / "events.duckdb"
+    store = DuckDBEventStore(path, checkpoint_threshold="1KB")
+    try:
+        for day in range(1, 6):
+            store.append([EventRow("p1", dt.datetime(2026, 1, day, h), "a", anonymous_id=f"v{h}") for h in range(24)])
+            store.fold()
+            store.sources("p1", SourcesPlan(TimeRange(dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)), "source", 50))
+        wal = path.with_suffix(".duckdb.wal")
+        assert not wal.exists() or wal.stat().st_size < 16 * 1024
+    finally:
+        store.close()

@@ -339,7 +339,6 @@ def import_events(
     """
     import asyncio
 
-    import duckdb
     import msgspec
     from rich.progress import (
         BarColumn,
@@ -351,13 +350,14 @@ def import_events(
 
     from millimetric.api.services import Services
     from millimetric.ingest.backfill import Backfill, Rejected
+    from millimetric.store.process import StoreError
 
     settings = Settings.from_env(data_dir=data_dir, database_url=database_url)
     target = _project_or_exit(_control(settings), project)
     try:
         services = Services.open(settings)
-    except duckdb.IOException as exc:
-        err.print(f"[red]Cannot open the event store ({exc}).[/red]", soft_wrap=True)
+    except StoreError as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
         err.print("It is held by another process, most likely a running `millimetric serve`: stop it and retry.",
                   soft_wrap=True)
         raise typer.Exit(1) from None

@@ -51,17 +51,17 @@ FOLD_EVENTS = 100_000
 class DuckDBEventStore:
     """Appends happen on one writer thread; reads use their own cursors (one per call)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, checkpoint_threshold: str = CHECKPOINT_WAL_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = duckdb.connect(str(path), config={"checkpoint_threshold": CHECKPOINT_WAL_BYTES})
+        self._db = duckdb.connect(str(path), config={"checkpoint_threshold": checkpoint_threshold})
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute(_DDL)
         for statement in duckdb_rollup.DDL:
             self._db.execute(statement)
         if not self._db.execute("SELECT 1 FROM duckdb_columns() WHERE table_name = 'events' AND column_name = "
-                                "'session_sent'").fetchone():
+                                "'session_sent'").fetchall():
             raise RuntimeError(f"{path} has the event table layout of an older build: start on a new data directory")
-        self._next_seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchone()[0]
+        self._next_seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchall()[0][0]
         self._writer = self._db.cursor()
         self._lock = threading.Lock()  # appends and deletes
         self._folder = self._db.cursor()

@@ -49,7 +49,8 @@ def _visitor_rows(relation: str, columns: tuple[str, ...]) -> str:
 
 
 def covered_seq(cur: duckdb.DuckDBPyConnection) -> int:
-    return cur.execute("SELECT covered_seq FROM rollup_state").fetchone()[0]
+    # fetchall: a result left open keeps its transaction open, and that stops automatic checkpoints
+    return cur.execute("SELECT covered_seq FROM rollup_state").fetchall()[0][0]
 
 
 def _number_visitors(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
@@ -67,7 +68,7 @@ def fold(cur: duckdb.DuckDBPyConnection) -> int:
     cur.execute("BEGIN TRANSACTION")
     try:
         covered = covered_seq(cur)
-        upto = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+        upto = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
         if upto <= covered:
             cur.execute("ROLLBACK")
             return 0
@@ -114,7 +115,7 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
         WHERE ({condition}) AND seq <= {covered:d}""",
         params,
     )
-    deleted = cur.execute(f"DELETE FROM events WHERE {condition}", params).fetchone()[0]
+    deleted = cur.execute(f"DELETE FROM events WHERE {condition}", params).fetchall()[0][0]
     cur.execute("""CREATE OR REPLACE TEMP TABLE gone_visitors AS
         SELECT v.project_id, v.anonymous_id, v.vid FROM rollup_visitors AS v
         SEMI JOIN gone AS g ON v.project_id = g.project_id AND v.anonymous_id = g.anonymous_id""")

@@ -17,6 +17,7 @@ import datetime as dt
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import queue
 import signal
 import threading
@@ -39,7 +40,7 @@ log = logging.getLogger("millimetric.store")
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["millimetric.store.duckdb_events"])
 READ_CHANNELS = 4
-OPEN_TIMEOUT_SECONDS = 30.0  # a store process of a killed server may still hold the file briefly
+OPEN_TIMEOUT_SECONDS = 5.0  # the store process of a killed server may still hold the file briefly
 _WRITE_METHODS = frozenset({"append", "delete_user", "delete_before", "fold"})
 _FOLD_CHECK_SECONDS = 1.0
 # Rows cross the pipe as MessagePack: encoding is ~5x cheaper than pickling for the server.
@@ -165,7 +166,10 @@ def _serve(path: Path, connections: list[multiprocessing.connection.Connection],
     for connection in reads:
         threading.Thread(target=_answer, args=(store, connection, _READ_METHODS), daemon=True).start()
     threading.Thread(target=_fold_when_due, args=(store,), daemon=True).start()
-    _answer(store, writes, _WRITE_METHODS)
+    if not _answer(store, writes, _WRITE_METHODS):
+        # The server is gone (killed): go at once, so a restarted server can open the file. Every
+        # acknowledged write is already committed to the WAL, which the next open replays.
+        os._exit(0)
     store.close()
     try:
         writes.send(("ok", None))  # the reply to "close", once the checkpoint is done
@@ -209,15 +213,15 @@ def _reply_to_ready(connection: multiprocessing.connection.Connection, status: s
 
 def _answer(
     store: "DuckDBEventStore", connection: multiprocessing.connection.Connection, methods: frozenset[str]
-) -> None:
-    """Serve calls until the server closes the pipe or (on the write pipe) asks to close."""
+) -> bool:
+    """Serve calls until the server asks to close (True) or its end of the pipe closes (False)."""
     while True:
         try:
             method, args = connection.recv()
         except (EOFError, OSError):
-            return
+            return False
         if method == "close":
-            return
+            return True
         if method not in methods:
             reply = ("error", f"unknown store call {method!r}")
         else:
@@ -231,4 +235,4 @@ def _answer(
         try:
             connection.send(reply)
         except OSError:
-            return
+            return False
