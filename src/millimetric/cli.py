@@ -106,9 +106,9 @@ def serve(
         queue_limit=queue_limit,
     )
     _raise_open_file_limit()
-    # DuckDB's insert takes the GIL back many times (Python-side Arrow source, interrupt checks);
-    # with the default 5 ms switch interval the writer thread starves behind the event loop.
-    # bench/ingest.py: 5 ms -> 0.2 ms raised batch from ~59k to ~120k events/s, track ~4.1k -> 6k/s.
+    # The writer thread needs the GIL briefly for each commit (encode rows, settle futures); with the
+    # default 5 ms switch interval it waits behind the event loop. bench/ingest.py, store process:
+    # 5 ms -> 0.2 ms raised batch from 37-38k to 47-49k events/s on the same machine.
     sys.setswitchinterval(0.0002)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
