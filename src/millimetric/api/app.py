@@ -104,6 +104,7 @@ def create_app(settings: Settings) -> Starlette:
             if services.limiter is not None:
                 await services.limiter.close()
             await asyncio.to_thread(services.close)
+            gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 
     return Starlette(
         routes=ROUTES + (BENCH_ROUTES if settings.bench_routes else []),
