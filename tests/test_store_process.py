@@ -86,3 +86,28 @@ def test_folds_leave_no_transaction_open_so_the_wal_is_checkpointed(tmp_path):
         assert not wal.exists() or wal.stat().st_size < 16 * 1024
     finally:
         store.close()
+
+
+def test_a_rollup_of_another_layout_is_rebuilt_from_the_events(tmp_path):
+    from millimetric.store.duckdb_events import DuckDBEventStore
+
+    path = tmp_path / "events.duckdb"
+    plan = SourcesPlan(TimeRange(dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)), "source", 50)
+    store = DuckDBEventStore(path)
+    store.append([EventRow("p1", dt.datetime(2026, 1, d), "a", anonymous_id=f"v{d % 3}", source="google")
+                  for d in range(1, 29)])
+    store.fold()
+    answer = store.sources("p1", plan)
+    assert answer == [("google", 28, 3, 0)]
+    store._db.execute("UPDATE rollup_state SET layout = layout - 1")  # as an older build left it
+    store.close()
+    store = DuckDBEventStore(path)
+    try:
+        assert store.fetch("SELECT covered_seq FROM rollup_state")[1] == [(0,)]
+        assert store.fetch("SELECT count(*) FROM source_visitors")[1] == [(0,)]
+        assert store.sources("p1", plan) == answer  # from the events meanwhile
+        store.fold()
+        assert store.fetch("SELECT count(*) FROM source_visitors")[1] == [(3,)]
+        assert store.sources("p1", plan) == answer
+    finally:
+        store.close()

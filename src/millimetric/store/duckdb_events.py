@@ -56,8 +56,7 @@ class DuckDBEventStore:
         self._db = duckdb.connect(str(path), config={"checkpoint_threshold": checkpoint_threshold})
         self._db.execute("SET TimeZone = 'UTC'")
         self._db.execute(_DDL)
-        for statement in duckdb_rollup.DDL:
-            self._db.execute(statement)
+        duckdb_rollup.open_rollup(self._db)
         if not self._db.execute("SELECT 1 FROM duckdb_columns() WHERE table_name = 'events' AND column_name = "
                                 "'session_sent'").fetchall():
             raise RuntimeError(f"{path} has the event table layout of an older build: start on a new data directory")

@@ -21,7 +21,7 @@ from millimetric.query.plans import (
     StatsPlan,
     TimeRange,
 )
-from millimetric.store.duckdb_rollup import covered_seq
+from millimetric.store.duckdb_rollup import BREAKDOWNS, covered_seq
 from millimetric.store.rows import IDENTIFY_EVENT
 
 # Raw row fields in SPEC section 5 order (timestamp is selected as epoch microseconds).
@@ -187,8 +187,8 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
     rollup visitors also seen in the edge are taken off the rollup's count.
     """
     first_day, end_day = rolled_up_days(plan.range)
-    by_medium = plan.breakdown == "source_medium"
-    groups = "source, medium" if by_medium else "source"
+    groups = "source, medium" if plan.breakdown == "source_medium" else "source"
+    table, way = BREAKDOWNS[plan.breakdown]
     sql = f"""
         WITH edge AS (
             SELECT source, medium, anonymous_id FROM events
@@ -203,21 +203,26 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
                 UNION ALL
                 SELECT source, medium, 1 FROM edge
             ) GROUP BY ALL
-        ), visitors AS (
-            SELECT {groups}, count(*) - count(*) FILTER (WHERE ({groups}, vid) IN (
-                SELECT {groups}, v.vid FROM edge_visitors
-                JOIN rollup_visitors AS v ON v.project_id = $project_id AND v.anonymous_id = edge_visitors.anonymous_id
+        ), rolled_up AS (
+            SELECT way, count(*) - count(*) FILTER (WHERE (way, vid) IN (
+                SELECT w.way, v.vid FROM edge_visitors AS e
+                JOIN rollup_ways AS w ON {way}
+                JOIN rollup_visitors AS v ON v.project_id = $project_id AND v.anonymous_id = e.anonymous_id
             )) AS n
-            FROM {"source_medium_visitors" if by_medium else "source_visitors"}
+            FROM {table}
             WHERE $first_day < $end_day AND project_id = $project_id AND first_day < $end_day AND last_day >= $first_day
                 AND (first_day >= $first_day AND last_day < $end_day
                      OR len(list_filter(days, lambda d: d >= $first_day AND d < $end_day)) > 0)
-            GROUP BY ALL
-            UNION ALL
-            SELECT {groups}, count(*) FROM edge_visitors GROUP BY ALL
+            GROUP BY way
+        ), uniques AS (
+            SELECT {groups}, sum(n) AS n FROM (
+                SELECT {groups}, n FROM rolled_up JOIN rollup_ways USING (way)
+                UNION ALL
+                SELECT {groups}, count(*) FROM edge_visitors GROUP BY ALL
+            ) GROUP BY ALL
         )
         SELECT {groups}, counts.events, uniques.n, counts.paid
-        FROM counts JOIN (SELECT {groups}, sum(n) AS n FROM visitors GROUP BY ALL) AS uniques USING ({groups})
+        FROM counts JOIN uniques USING ({groups})
         ORDER BY counts.events DESC, {groups}
         LIMIT $limit"""
     # The rollup's extent is read in the statement's own snapshot, then bound as a value: as a

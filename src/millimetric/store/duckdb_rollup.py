@@ -5,7 +5,7 @@ Exact distinct visitors per (source, medium) over 12 months of 10M events is a h
 per project,
 - `source_medium_visitors`: one row per (source, medium, visitor), and `source_visitors` one per
   (source, visitor), holding the UTC days that visitor came that way (visitors are numbered in
-  `rollup_visitors`);
+  `rollup_visitors`, ways in in `rollup_ways`);
 - `source_days`: events per (UTC day, source, medium).
 A read takes whole days of its range from the rollup and everything else (the partial days at the
 range's ends, and events newer than the rollup) from the events table, so answers stay exact.
@@ -19,33 +19,50 @@ from __future__ import annotations
 
 import duckdb
 
-# Each table counts a visitor once per value of its columns: one per /v1/sources breakdown.
-VISITOR_TABLES = {"source_medium_visitors": ("source", "medium"), "source_visitors": ("source",)}
-DDL = (
-    # Visitors are numbered: the rollup repeats each one per source and medium, and an integer
-    # is a third of the size of an anonymous_id (and faster to join on).
-    "CREATE TABLE IF NOT EXISTS rollup_visitors (project_id VARCHAR, anonymous_id VARCHAR, vid BIGINT)",
-    *(
-        f"""CREATE TABLE IF NOT EXISTS {table} (project_id VARCHAR, {", ".join(f"{c} VARCHAR" for c in columns)},
-            vid BIGINT, first_day DATE, last_day DATE, days DATE[])"""
-        for table, columns in VISITOR_TABLES.items()
-    ),
-    """CREATE TABLE IF NOT EXISTS source_days (
-        project_id VARCHAR, day DATE, source VARCHAR, medium VARCHAR, events BIGINT)""",
-    "CREATE TABLE IF NOT EXISTS rollup_state (covered_seq BIGINT NOT NULL)",
-    "INSERT INTO rollup_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM rollup_state)",
-)
+# Visitors and ways in (source and medium) are numbered: the rollup repeats each visitor per way in,
+# and integers are smaller than names and ids and faster to group and join on. A way with medium
+# NULL is the source as a whole.
+_TABLES = {
+    "rollup_visitors": "project_id VARCHAR, anonymous_id VARCHAR, vid BIGINT",
+    "rollup_ways": "way INTEGER, source VARCHAR, medium VARCHAR",
+    "source_medium_visitors": "project_id VARCHAR, way INTEGER, vid BIGINT, first_day DATE, last_day DATE, days DATE[]",
+    "source_visitors": "project_id VARCHAR, way INTEGER, vid BIGINT, first_day DATE, last_day DATE, days DATE[]",
+    "source_days": "project_id VARCHAR, day DATE, source VARCHAR, medium VARCHAR, events BIGINT",
+    "rollup_state": "covered_seq BIGINT NOT NULL, layout INTEGER NOT NULL",
+}
+# Raised when the tables above change. The rollup is derived data: a store that finds another
+# layout drops it, and the next fold rebuilds it from the events.
+LAYOUT = 2
+# /v1/sources breakdown -> (its visitor table, the ways it counts: how an event `e` finds its way `w`)
+BREAKDOWNS = {
+    "source_medium": ("source_medium_visitors", "w.source = e.source AND w.medium = e.medium"),
+    "source": ("source_visitors", "w.source = e.source AND w.medium IS NULL"),
+}
 _SAME_DAY = "t.project_id = n.project_id AND t.day = n.day AND t.source = n.source AND t.medium = n.medium"
 
 
-def _visitor_rows(relation: str, columns: tuple[str, ...]) -> str:
+def open_rollup(cur: duckdb.DuckDBPyConnection) -> None:
+    """Create the rollup's tables, or rebuild them empty when they have another layout."""
+    found = cur.execute(
+        "SELECT 1 FROM duckdb_columns() WHERE table_name = 'rollup_state' AND column_name = 'layout'"
+    ).fetchall()
+    if not found or cur.execute("SELECT layout FROM rollup_state").fetchall() != [(LAYOUT,)]:
+        for table in _TABLES:
+            cur.execute(f"DROP TABLE IF EXISTS {table}")
+    for table, columns in _TABLES.items():
+        cur.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+    cur.execute(f"INSERT INTO rollup_state SELECT 0, {LAYOUT:d} WHERE NOT EXISTS (SELECT 1 FROM rollup_state)")
+
+
+def _visitor_rows(relation: str, way: str) -> str:
     """Rows of a visitor table from `relation` (project_id, source, medium, anonymous_id, day)."""
-    keys = ", ".join(f"e.{c}" for c in columns)
     return f"""
-        SELECT e.project_id, {keys}, v.vid, min(e.day) AS first_day, max(e.day) AS last_day,
+        SELECT e.project_id, w.way, v.vid, min(e.day) AS first_day, max(e.day) AS last_day,
                list(DISTINCT e.day ORDER BY e.day) AS days
-        FROM {relation} AS e JOIN rollup_visitors AS v USING (project_id, anonymous_id)
-        GROUP BY e.project_id, {keys}, v.vid"""
+        FROM {relation} AS e
+        JOIN rollup_ways AS w ON {way}
+        JOIN rollup_visitors AS v ON v.project_id = e.project_id AND v.anonymous_id = e.anonymous_id
+        GROUP BY e.project_id, w.way, v.vid"""
 
 
 def covered_seq(cur: duckdb.DuckDBPyConnection) -> int:
@@ -60,6 +77,16 @@ def _number_visitors(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
         FROM (SELECT DISTINCT project_id, anonymous_id FROM {relation}) AS n
         WHERE NOT EXISTS (
             SELECT 1 FROM rollup_visitors AS v WHERE v.project_id = n.project_id AND v.anonymous_id = n.anonymous_id
+        )""")
+
+
+def _number_ways(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
+    """Number the (source, medium) pairs and sources of `relation` not seen before."""
+    cur.execute(f"""INSERT INTO rollup_ways
+        SELECT (SELECT coalesce(max(way), 0) FROM rollup_ways) + row_number() OVER (), source, medium
+        FROM (SELECT DISTINCT source, medium FROM {relation} UNION SELECT DISTINCT source, NULL FROM {relation}) AS n
+        WHERE NOT EXISTS (
+            SELECT 1 FROM rollup_ways AS w WHERE w.source = n.source AND w.medium IS NOT DISTINCT FROM n.medium
         )""")
 
 
@@ -79,16 +106,16 @@ def fold(cur: duckdb.DuckDBPyConnection) -> int:
             {"covered": covered, "upto": upto},
         )
         _number_visitors(cur, "fresh")
+        _number_ways(cur, "fresh")
         cur.execute(f"""MERGE INTO source_days AS t
             USING (SELECT project_id, day, source, medium, count(*) AS events FROM fresh GROUP BY ALL) AS n
             ON {_SAME_DAY}
             WHEN MATCHED THEN UPDATE SET events = t.events + n.events
             WHEN NOT MATCHED THEN INSERT VALUES (n.project_id, n.day, n.source, n.medium, n.events)""")
-        for table, columns in VISITOR_TABLES.items():
-            same = " AND ".join(f"t.{c} = n.{c}" for c in ("project_id", *columns, "vid"))
+        for table, way in BREAKDOWNS.values():
             cur.execute(f"""MERGE INTO {table} AS t
-                USING ({_visitor_rows("fresh", columns)}) AS n
-                ON {same}
+                USING ({_visitor_rows("fresh", way)}) AS n
+                ON t.project_id = n.project_id AND t.way = n.way AND t.vid = n.vid
                 WHEN MATCHED THEN UPDATE SET first_day = least(t.first_day, n.first_day),
                     last_day = greatest(t.last_day, n.last_day),
                     days = list_sort(list_distinct(list_concat(t.days, n.days)))
@@ -119,7 +146,7 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
     cur.execute("""CREATE OR REPLACE TEMP TABLE gone_visitors AS
         SELECT v.project_id, v.anonymous_id, v.vid FROM rollup_visitors AS v
         SEMI JOIN gone AS g ON v.project_id = g.project_id AND v.anonymous_id = g.anonymous_id""")
-    for table in VISITOR_TABLES:
+    for table, _ in BREAKDOWNS.values():
         cur.execute(f"DELETE FROM {table} AS t USING gone_visitors AS g WHERE t.vid = g.vid")
     cur.execute("DELETE FROM rollup_visitors AS t USING gone_visitors AS g WHERE t.vid = g.vid")
     cur.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
@@ -127,8 +154,8 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
         FROM events AS e SEMI JOIN gone_visitors AS g ON e.project_id = g.project_id AND e.anonymous_id = g.anonymous_id
         WHERE e.seq <= {covered:d}""")
     _number_visitors(cur, "kept")
-    for table, columns in VISITOR_TABLES.items():
-        cur.execute(f"INSERT INTO {table} BY NAME {_visitor_rows('kept', columns)}")
+    for table, way in BREAKDOWNS.values():
+        cur.execute(f"INSERT INTO {table} BY NAME {_visitor_rows('kept', way)}")
     cur.execute("""DELETE FROM source_days AS t
         USING (SELECT DISTINCT project_id, day FROM gone) AS n
         WHERE t.project_id = n.project_id AND t.day = n.day""")
