@@ -68,6 +68,7 @@ def test_closing_checkpoints_so_the_file_holds_every_row(tmp_path):
     store.close()
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT seq, event_name FROM events ORDER BY seq").fetchall() == [(1, "a"), (2, "b")]
+        assert con.execute("SELECT covered_seq FROM rollup_state").fetchall() == [(2,)]  # folded on the way out
     assert not (tmp_path / "events.duckdb.wal").exists()
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,8 @@ import pyarrow as pa
 from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
 from millimetric.store import duckdb_reads, duckdb_rollup
 from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT, EventRow
+
+log = logging.getLogger("millimetric.store")
 
 # Layout. Rows arrive in time order, so DuckDB's zone maps on "timestamp" skip the row groups
 # outside a read's range. A derived session id (`{anonymous_id}-{floor(unix_seconds/1800)}`, SPEC
@@ -150,8 +153,13 @@ class DuckDBEventStore:
         return cur
 
     def close(self) -> None:
+        """Fold and checkpoint: the next start finds the rollup complete and no WAL to replay."""
         with self._lock, self._rollup_lock:
             self._writer.close()
+            try:
+                duckdb_rollup.fold(self._folder)
+            except duckdb.Error:  # the next start folds instead
+                log.exception("could not fold new events into the sources rollup")
             self._folder.close()
             self._db.execute("CHECKPOINT")
             self._db.close()

@@ -42,11 +42,11 @@ _CONTEXT.set_forkserver_preload(["millimetric.store.duckdb_events"])
 READ_CHANNELS = 4
 OPEN_TIMEOUT_SECONDS = 5.0  # the store process of a killed server may still hold the file briefly
 _WRITE_METHODS = frozenset({"append", "delete_user", "delete_before", "fold"})
+_READ_METHODS = frozenset({"rows", "stats", "sources", "fetch", "ping"})
 _FOLD_CHECK_SECONDS = 1.0
 # Rows cross the pipe as MessagePack: encoding is ~5x cheaper than pickling for the server.
 _ROWS_ENCODER = msgspec.msgpack.Encoder()
 _ROWS_DECODER = msgspec.msgpack.Decoder(list[EventRow])
-_READ_METHODS = frozenset({"rows", "stats", "sources", "fetch", "ping"})
 
 
 class StoreError(RuntimeError):
