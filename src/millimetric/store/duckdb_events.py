@@ -116,15 +116,8 @@ class DuckDBEventStore:
         return waiting >= FOLD_EVENTS or (waiting > 0 and time.monotonic() - self._folded_at >= FOLD_SECONDS)
 
     def _delete(self, condition: str, params: dict) -> int:
-        with self._lock, self._rollup_lock:
-            self._writer.execute("BEGIN TRANSACTION")
-            try:
-                deleted = duckdb_rollup.delete_events(self._writer, condition, params)
-                self._writer.execute("COMMIT")
-            except BaseException:
-                self._writer.execute("ROLLBACK")
-                raise
-            return deleted
+        with self._lock, self._rollup_lock, duckdb_rollup.transaction(self._writer):
+            return duckdb_rollup.delete_events(self._writer, condition, params)
 
     def rows(self, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
         with self._cursor() as cur:

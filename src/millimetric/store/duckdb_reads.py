@@ -21,7 +21,7 @@ from millimetric.query.plans import (
     StatsPlan,
     TimeRange,
 )
-from millimetric.store.duckdb_rollup import BREAKDOWNS, covered_seq
+from millimetric.store.duckdb_rollup import BREAKDOWN_TABLES, covered_seq, transaction
 from millimetric.store.rows import IDENTIFY_EVENT
 
 # Raw row fields in SPEC section 5 order (timestamp is selected as epoch microseconds).
@@ -188,7 +188,7 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
     """
     first_day, end_day = rolled_up_days(plan.range)
     groups = "source, medium" if plan.breakdown == "source_medium" else "source"
-    table, way = BREAKDOWNS[plan.breakdown]
+    table, way = BREAKDOWN_TABLES[plan.breakdown]
     sql = f"""
         WITH edge AS (
             SELECT source, medium, anonymous_id FROM events
@@ -227,12 +227,9 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
         LIMIT $limit"""
     # The rollup's extent is read in the statement's own snapshot, then bound as a value: as a
     # subquery it kept DuckDB from skipping row groups (40 ms instead of 2 at 10M events).
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         params = {
             "project_id": project_id, "start": plan.range.start, "end": plan.range.end, "covered": covered_seq(cur),
             "first_day": first_day, "end_day": end_day, "limit": plan.limit,
         }
         return cur.execute(sql, params).fetchall()
-    finally:
-        cur.execute("COMMIT")

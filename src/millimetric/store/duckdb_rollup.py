@@ -17,6 +17,9 @@ retention) rebuilds the rows they touched (`delete_events`) in the same transact
 
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import duckdb
 
 # Visitors and ways in (source and medium) are numbered: the rollup repeats each visitor per way in,
@@ -34,7 +37,7 @@ _TABLES = {
 # layout drops it, and the next fold rebuilds it from the events.
 LAYOUT = 2
 # /v1/sources breakdown -> (its visitor table, the ways it counts: how an event `e` finds its way `w`)
-BREAKDOWNS = {
+BREAKDOWN_TABLES = {
     "source_medium": ("source_medium_visitors", "w.source = e.source AND w.medium = e.medium"),
     "source": ("source_visitors", "w.source = e.source AND w.medium IS NULL"),
 }
@@ -65,6 +68,18 @@ def _visitor_rows(relation: str, way: str) -> str:
         GROUP BY e.project_id, w.way, v.vid"""
 
 
+@contextlib.contextmanager
+def transaction(cur: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction on `cur`: committed when the block ends, rolled back if it raises."""
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    cur.execute("COMMIT")
+
+
 def covered_seq(cur: duckdb.DuckDBPyConnection) -> int:
     # fetchall: a result left open keeps its transaction open, and that stops automatic checkpoints
     return cur.execute("SELECT covered_seq FROM rollup_state").fetchall()[0][0]
@@ -92,12 +107,10 @@ def _number_ways(cur: duckdb.DuckDBPyConnection, relation: str) -> None:
 
 def fold(cur: duckdb.DuckDBPyConnection) -> int:
     """Fold events newer than the rollup into it, in one transaction; returns how many."""
-    cur.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(cur):
         covered = covered_seq(cur)
         upto = cur.execute("SELECT coalesce(max(seq), 0) FROM events").fetchall()[0][0]
         if upto <= covered:
-            cur.execute("ROLLBACK")
             return 0
         cur.execute(
             """CREATE OR REPLACE TEMP TABLE fresh AS
@@ -112,7 +125,7 @@ def fold(cur: duckdb.DuckDBPyConnection) -> int:
             ON {_SAME_DAY}
             WHEN MATCHED THEN UPDATE SET events = t.events + n.events
             WHEN NOT MATCHED THEN INSERT VALUES (n.project_id, n.day, n.source, n.medium, n.events)""")
-        for table, way in BREAKDOWNS.values():
+        for table, way in BREAKDOWN_TABLES.values():
             cur.execute(f"""MERGE INTO {table} AS t
                 USING ({_visitor_rows("fresh", way)}) AS n
                 ON t.project_id = n.project_id AND t.way = n.way AND t.vid = n.vid
@@ -122,11 +135,7 @@ def fold(cur: duckdb.DuckDBPyConnection) -> int:
                 WHEN NOT MATCHED THEN INSERT BY NAME""")
         cur.execute("UPDATE rollup_state SET covered_seq = $upto", {"upto": upto})
         cur.execute("DROP TABLE fresh")
-        cur.execute("COMMIT")
         return upto - covered
-    except BaseException:
-        cur.execute("ROLLBACK")
-        raise
 
 
 def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) -> int:
@@ -146,7 +155,7 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
     cur.execute("""CREATE OR REPLACE TEMP TABLE gone_visitors AS
         SELECT v.project_id, v.anonymous_id, v.vid FROM rollup_visitors AS v
         SEMI JOIN gone AS g ON v.project_id = g.project_id AND v.anonymous_id = g.anonymous_id""")
-    for table, _ in BREAKDOWNS.values():
+    for table, _ in BREAKDOWN_TABLES.values():
         cur.execute(f"DELETE FROM {table} AS t USING gone_visitors AS g WHERE t.vid = g.vid")
     cur.execute("DELETE FROM rollup_visitors AS t USING gone_visitors AS g WHERE t.vid = g.vid")
     cur.execute(f"""CREATE OR REPLACE TEMP TABLE kept AS
@@ -154,7 +163,7 @@ def delete_events(cur: duckdb.DuckDBPyConnection, condition: str, params: dict) 
         FROM events AS e SEMI JOIN gone_visitors AS g ON e.project_id = g.project_id AND e.anonymous_id = g.anonymous_id
         WHERE e.seq <= {covered:d}""")
     _number_visitors(cur, "kept")
-    for table, way in BREAKDOWNS.values():
+    for table, way in BREAKDOWN_TABLES.values():
         cur.execute(f"INSERT INTO {table} BY NAME {_visitor_rows('kept', way)}")
     cur.execute("""DELETE FROM source_days AS t
         USING (SELECT DISTINCT project_id, day FROM gone) AS n

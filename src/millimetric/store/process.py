@@ -3,12 +3,12 @@
 Why a process of its own: during an insert, DuckDB's Python binding takes the GIL back many times
 (its Python-side Arrow scan, interrupt checks). On a writer thread inside the server that stalled
 the event loop on every commit. Here the inserts run beside the server, and the server's side of a
-write is pickling the rows and waiting on a pipe with the GIL released.
+write is encoding the rows and waiting on a pipe with the GIL released.
 
 One pipe carries writes (appends and deletes, one at a time, in order) and a few more carry reads,
 so a long read never delays a commit. The child ignores SIGINT and SIGTERM: the server decides
 when it stops (after draining its queue) and closes the store. If the server dies, the child sees
-its pipes close, checkpoints and exits.
+its pipes close and exits at once; the next open replays the WAL.
 """
 
 from __future__ import annotations
