@@ -9,7 +9,7 @@ import pytest
 
 from millimetric.query.plans import SourcesPlan, TimeRange
 from millimetric.store.process import EventStoreProcess, StoreError
-from millimetric.store.rows import EventRow
+from millimetric.store.rows import EventRow, encode_rows
 from test_auth_errors import assert_error
 
 from conftest import bearer, stored_events
@@ -80,7 +80,7 @@ def test_folds_leave_no_transaction_open_so_the_wal_is_checkpointed(tmp_path):
     store = DuckDBEventStore(path, checkpoint_threshold="1KB")
     try:
         for day in range(1, 6):
-            store.append([EventRow("p1", dt.datetime(2026, 1, day, h), "a", anonymous_id=f"v{h}") for h in range(24)])
+            _append(store, [EventRow("p1", dt.datetime(2026, 1, day, h), "a", anonymous_id=f"v{h}") for h in range(24)])
             store.fold()
             store.sources("p1", SourcesPlan(TimeRange(dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)), "source", 50))
         wal = path.with_suffix(".duckdb.wal")
@@ -95,8 +95,8 @@ def test_a_rollup_of_another_layout_is_rebuilt_from_the_events(tmp_path):
     path = tmp_path / "events.duckdb"
     plan = SourcesPlan(TimeRange(dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)), "source", 50)
     store = DuckDBEventStore(path)
-    store.append([EventRow("p1", dt.datetime(2026, 1, d), "a", anonymous_id=f"v{d % 3}", source="google")
-                  for d in range(1, 29)])
+    _append(store, [EventRow("p1", dt.datetime(2026, 1, d), "a", anonymous_id=f"v{d % 3}", source="google")
+                    for d in range(1, 29)])
     store.fold()
     answer = store.sources("p1", plan)
     assert answer == [("google", 28, 3, 0)]
@@ -112,3 +112,7 @@ def test_a_rollup_of_another_layout_is_rebuilt_from_the_events(tmp_path):
         assert store.sources("p1", plan) == answer
     finally:
         store.close()
+
+
+def _append(store, rows: list[EventRow]) -> None:
+    store.append(encode_rows(rows), len(rows))

@@ -15,7 +15,8 @@ import pyarrow as pa
 
 from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
 from millimetric.store import duckdb_reads, duckdb_rollup
-from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT, EventRow
+from millimetric.store.journal import Frame, Journal
+from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT, decode_rows
 
 log = logging.getLogger("millimetric.store")
 
@@ -49,10 +50,19 @@ CHECKPOINT_WAL_BYTES = "256MB"
 # a fold costs a pass over the rollup; events not folded yet cost every sources read a little.
 FOLD_SECONDS = 30.0
 FOLD_EVENTS = 100_000
+# The journal's rows reach DuckDB this often, or sooner once this many wait (and before every read
+# and delete). One insert costs ~4 ms of CPU plus ~6 us per row on the bench machine: per second
+# rather than per group commit, it stops being what bounds ingest.
+FLUSH_SECONDS = 1.0
+FLUSH_EVENTS = 50_000
 
 
 class DuckDBEventStore:
-    """Appends happen on one writer thread; reads use their own cursors (one per call)."""
+    """Appends go to the journal (`millimetric.store.journal`) and reach DuckDB in bulk (`flush`).
+    Every read and delete flushes first, so it sees every acknowledged event.
+
+    Locks, always taken in this order: `_flush_lock` (the `_writer` cursor: flushes and deletes),
+    `_lock` (the journal and the rows not flushed yet), `_rollup_lock` (folds and deletes)."""
 
     def __init__(self, path: Path, checkpoint_threshold: str = CHECKPOINT_WAL_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,28 +73,81 @@ class DuckDBEventStore:
         if not self._db.execute("SELECT 1 FROM duckdb_columns() WHERE table_name = 'events' AND column_name = "
                                 "'session_sent'").fetchall():
             raise RuntimeError(f"{path} has the event table layout of an older build: start on a new data directory")
-        self._next_seq = self._db.execute("SELECT coalesce(max(seq), 0) + 1 FROM events").fetchall()[0][0]
+        self._db.execute("CREATE TABLE IF NOT EXISTS journal_state (flushed_seq BIGINT NOT NULL)")
+        self._db.execute("INSERT INTO journal_state SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM journal_state)")
+        # Deleted events leave their seq behind in journal_state: a seq is never used twice.
+        flushed = self._db.execute(
+            "SELECT greatest((SELECT flushed_seq FROM journal_state), (SELECT coalesce(max(seq), 0) FROM events))"
+        ).fetchall()[0][0]
+        self._next_seq = flushed + 1
         self._writer = self._db.cursor()
-        self._lock = threading.Lock()  # appends and deletes
+        self._flush_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._rollup_lock = threading.Lock()
+        self._unflushed: list[Frame] = []
+        self._unflushed_events = 0
+        self._oldest_unflushed = 0.0
+        self._journal = Journal(path.with_suffix(".journal"))
+        self._replay(flushed)
         self._folder = self._db.cursor()
-        self._rollup_lock = threading.Lock()  # folds and deletes (both rewrite the rollup)
         self._covered_seq = duckdb_rollup.covered_seq(self._folder)
         self._folded_at = time.monotonic()
 
-    def append(self, rows: list[EventRow]) -> None:
-        """Write rows in one transaction; returns only after DuckDB committed (WAL synced)."""
-        if not rows:
+    def append(self, payload: bytes, count: int) -> None:
+        """Durable on return: `count` rows (`rows.encode_rows`) are in the journal."""
+        if not count:
             return
         with self._lock:
-            first = self._next_seq
-            columns = list(zip(*(msgspec.structs.astuple(row) for row in rows)))
-            arrays = [pa.array(range(first, first + len(rows)), pa.int64())]
-            arrays += [pa.array(values, ARROW_SCHEMA.field(i + 1).type) for i, values in enumerate(columns)]
-            # One INSERT statement is one transaction (autocommit): committed, WAL synced, on return.
+            frame = Frame(self._next_seq, count, payload)
+            self._journal.write(frame)
+            self._next_seq = frame.next_seq
+            if not self._unflushed:
+                self._oldest_unflushed = time.monotonic()
+            self._unflushed.append(frame)
+            self._unflushed_events += count
+
+    def flush(self) -> None:
+        """Hand the journal's rows to DuckDB: one insert, one transaction."""
+        with self._flush_lock:
+            with self._lock:
+                frames = self._take_unflushed()
+            self._insert(frames)
+
+    def flush_due(self) -> bool:
+        waiting = self._unflushed_events
+        return waiting >= FLUSH_EVENTS or (waiting > 0 and time.monotonic() - self._oldest_unflushed >= FLUSH_SECONDS)
+
+    def _take_unflushed(self) -> list[Frame]:
+        frames, self._unflushed, self._unflushed_events = self._unflushed, [], 0
+        self._journal.rotate()
+        return frames
+
+    def _insert(self, frames: list[Frame]) -> None:
+        """Insert the frames' rows, then drop the journal files that held them. If the insert
+        fails, the frames stay in line for the next flush (and their files on disk for a replay)."""
+        if not frames:
+            return
+        try:
             # DuckDB finds the Arrow table `incoming` by its Python name (a replacement scan).
-            incoming = pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)  # noqa: F841
-            self._writer.execute(_INSERT)
-            self._next_seq = first + len(rows)
+            incoming = _arrow_table(frames)  # noqa: F841
+            with duckdb_rollup.transaction(self._writer):
+                self._writer.execute(_INSERT)
+                self._writer.execute("UPDATE journal_state SET flushed_seq = $seq", {"seq": frames[-1].next_seq - 1})
+        except BaseException:
+            with self._lock:
+                self._unflushed[:0] = frames
+                self._unflushed_events += sum(frame.count for frame in frames)
+            raise
+        self._journal.discard_closed()
+
+    def _replay(self, flushed: int) -> None:
+        """Insert what a crash left in the journal only, then start it afresh."""
+        frames = [frame for frame in self._journal.replay() if frame.first_seq > flushed]
+        if frames:
+            log.info("replaying %d journal frames from seq %d", len(frames), frames[0].first_seq)
+            self._insert(frames)
+            self._next_seq = frames[-1].next_seq
+        self._journal.discard_closed()
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         """Delete a user's events, their `$identify` rows, and every event of an anonymous_id an
@@ -116,8 +179,10 @@ class DuckDBEventStore:
         return waiting >= FOLD_EVENTS or (waiting > 0 and time.monotonic() - self._folded_at >= FOLD_SECONDS)
 
     def _delete(self, condition: str, params: dict) -> int:
-        with self._lock, self._rollup_lock, duckdb_rollup.transaction(self._writer):
-            return duckdb_rollup.delete_events(self._writer, condition, params)
+        with self._flush_lock, self._lock, self._rollup_lock:
+            self._insert(self._take_unflushed())
+            with duckdb_rollup.transaction(self._writer):
+                return duckdb_rollup.delete_events(self._writer, condition, params)
 
     def rows(self, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
         with self._cursor() as cur:
@@ -141,13 +206,18 @@ class DuckDBEventStore:
         self.fetch("SELECT 1")
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one read, which sees every acknowledged event."""
+        self.flush()
         cur = self._db.cursor()
         cur.execute("SET TimeZone = 'UTC'")
         return cur
 
     def close(self) -> None:
-        """Fold and checkpoint: the next start finds the rollup complete and no WAL to replay."""
-        with self._lock, self._rollup_lock:
+        """Flush, fold and checkpoint: the next start finds no journal or WAL to replay and the rollup
+        complete."""
+        with self._flush_lock, self._lock, self._rollup_lock:
+            self._insert(self._take_unflushed())
+            self._journal.close()
             self._writer.close()
             try:
                 duckdb_rollup.fold(self._folder)
@@ -156,3 +226,12 @@ class DuckDBEventStore:
             self._folder.close()
             self._db.execute("CHECKPOINT")
             self._db.close()
+
+
+def _arrow_table(frames: list[Frame]) -> pa.Table:
+    rows = [row for frame in frames for row in decode_rows(frame.payload)]
+    seqs = [seq for frame in frames for seq in range(frame.first_seq, frame.next_seq)]
+    columns = list(zip(*(msgspec.structs.astuple(row) for row in rows)))
+    arrays = [pa.array(seqs, pa.int64())]
+    arrays += [pa.array(values, ARROW_SCHEMA.field(i + 1).type) for i, values in enumerate(columns)]
+    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)

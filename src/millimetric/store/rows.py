@@ -35,3 +35,15 @@ class EventRow(msgspec.Struct):
 
 COLUMNS: tuple[str, ...] = EventRow.__struct_fields__
 IDENTIFY_EVENT = "$identify"  # the row an identify stores; reads and forget stitch identities by it
+# Rows cross the pipe to the store process and sit in its journal as MessagePack: encoding is ~5x
+# cheaper than pickling for the server.
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(list[EventRow])
+
+
+def encode_rows(rows: list[EventRow]) -> bytes:
+    return _ENCODER.encode(rows)
+
+
+def decode_rows(payload: bytes) -> list[EventRow]:
+    return _DECODER.decode(payload)
