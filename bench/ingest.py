@@ -319,7 +319,7 @@ def start_profiler(args: argparse.Namespace, pid: int, seconds: float, out: Path
         print("  (py-spy not found: `.venv/bin/pip install py-spy`; profiling skipped)")
         return None
     cmd = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))), "--rate", str(args.profile_rate),
-           "--format", "speedscope", "--output", str(out)]
+           "--subprocesses", "--format", "speedscope", "--output", str(out)]
     if args.profile_nonblocking:
         cmd.append("--nonblocking")
     return subprocess.Popen(
