@@ -24,6 +24,10 @@ def _append(store, rows: list[EventRow]) -> None:
     store.append(encode_rows(rows), len(rows))
 
 
+def _disk_full(fd: int) -> None:
+    raise OSError(28, "No space left on device")
+
+
 def _stored(path) -> list[tuple[int, str]]:
     with duckdb.connect(str(path), read_only=True) as con:
         return con.execute("SELECT seq, event_name FROM events ORDER BY seq").fetchall()
@@ -177,3 +181,34 @@ def test_a_failed_flush_keeps_the_rows_for_the_next_one(tmp_path, monkeypatch):
     finally:
         store.close()
     assert _stored(path) == [(1, "a"), (2, "b"), (3, "c")]
+
+
+def test_a_failed_write_leaves_no_torn_frame_before_later_ones(tmp_path, monkeypatch):
+    from millimetric.store import journal as journal_module
+
+    directory = tmp_path / "journal"
+    journal = Journal(directory)
+    journal.write(Frame(1, 1, b"first"))
+    monkeypatch.setattr(journal_module.os, "fdatasync", _disk_full)
+    with pytest.raises(OSError):
+        journal.write(Frame(2, 1, b"refused"))
+    monkeypatch.undo()
+    journal.write(Frame(3, 1, b"third"))
+    journal.close()
+    assert Journal(directory).replay() == [Frame(1, 1, b"first"), Frame(3, 1, b"third")]
+
+
+def test_the_store_answers_a_failed_append_and_goes_on(tmp_path, monkeypatch):
+    from millimetric.store import journal as journal_module
+
+    store = DuckDBEventStore(tmp_path / "events.duckdb")
+    try:
+        _append(store, _rows("a"))
+        monkeypatch.setattr(journal_module.os, "fdatasync", _disk_full)
+        with pytest.raises(OSError):
+            _append(store, _rows("x"))
+        monkeypatch.undo()
+        _append(store, _rows("b"))
+        assert store.fetch("SELECT seq, event_name FROM events ORDER BY seq")[1] == [(1, "a"), (3, "b")]
+    finally:
+        store.close()

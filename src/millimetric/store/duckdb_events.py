@@ -99,8 +99,8 @@ class DuckDBEventStore:
             return
         with self._lock:
             frame = Frame(self._next_seq, count, payload)
+            self._next_seq = frame.next_seq  # taken even if the write fails: a seq is never used twice
             self._journal.write(frame)
-            self._next_seq = frame.next_seq
             if not self._unflushed:
                 self._oldest_unflushed = time.monotonic()
             self._unflushed.append(frame)

@@ -50,25 +50,38 @@ class Journal:
         self._closed: list[Path] = sorted(directory.glob(f"*{_SUFFIX}"))
         self._file: Path | None = None
         self._fd = -1
+        self._end = 0  # where the current file's last whole frame ends
 
     def replay(self) -> list[Frame]:
         """Every whole frame of the files on disk, oldest first."""
         return [frame for path in self._closed for frame in _read(path)]
 
     def write(self, frame: Frame) -> None:
-        """Durable on return."""
+        """Durable on return. If it raises (disk full, I/O error), the frame is cut off again where
+        possible and the file closed, so no torn frame can hide later frames from a replay."""
         if self._fd < 0:
             self._open(frame.first_seq)
-        header = _HEADER.pack(frame.first_seq, frame.count, len(frame.payload), zlib.crc32(frame.payload))
-        os.write(self._fd, header + frame.payload)
-        os.fdatasync(self._fd)
+        data = _HEADER.pack(frame.first_seq, frame.count, len(frame.payload), zlib.crc32(frame.payload)) + frame.payload
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            os.fdatasync(self._fd)
+        except OSError:
+            try:
+                os.ftruncate(self._fd, self._end)
+            except OSError:
+                log.exception("journal %s: could not cut off a failed write", self._file)
+            self.rotate()
+            raise
+        self._end += len(data)
 
     def rotate(self) -> None:
         """Close the current file; the next write starts a new one."""
         if self._fd >= 0:
             os.close(self._fd)
             self._closed.append(self._file)
-            self._fd, self._file = -1, None
+            self._fd, self._file, self._end = -1, None, 0
 
     def discard_closed(self) -> None:
         """Delete the closed files: call once their frames are committed elsewhere."""
