@@ -212,3 +212,22 @@ def test_the_store_answers_a_failed_append_and_goes_on(tmp_path, monkeypatch):
         assert store.fetch("SELECT seq, event_name FROM events ORDER BY seq")[1] == [(1, "a"), (3, "b")]
     finally:
         store.close()
+
+
+def test_every_value_reaches_duckdb_as_it_was_sent(tmp_path):
+    """Rows travel as JSON lines and are parsed by pyarrow: text, nulls and microseconds intact."""
+    odd = 'quote " backslash \\ newline \n tab \t emoji 🦆 cjk 漢字 nul-free \u2028'
+    row = EventRow(
+        "p1", dt.datetime(2026, 3, 29, 1, 59, 59, 123456), odd, event_id=None, anonymous_id="a\nb", user_id=odd,
+        session_id="", source="google", campaign=None, referrer=None, url="https://example.com/ü?q=\"x\"",
+        path="/ü", properties='{"k":"v \\" \\n","n":[1,2.5,null],"e":"🦆"}',
+    )
+    store = DuckDBEventStore(tmp_path / "events.duckdb")
+    try:
+        _append(store, [row, EventRow("p1", dt.datetime(2026, 3, 29), "plain")])
+        columns = ", ".join(f'"{name}"' for name in EventRow.__struct_fields__)
+        stored = store.fetch(f"SELECT {columns} FROM events ORDER BY seq")[1]
+    finally:
+        store.close()
+    assert stored[0] == tuple(getattr(row, name) for name in EventRow.__struct_fields__)
+    assert stored[1][2] == "plain"

@@ -4,19 +4,21 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
+import itertools
 import logging
 import threading
 import time
 from pathlib import Path
 
 import duckdb
-import msgspec
 import pyarrow as pa
+import pyarrow.json
 
 from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
 from millimetric.store import duckdb_reads, duckdb_rollup
 from millimetric.store.journal import Frame, Journal
-from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT, decode_rows
+from millimetric.store.rows import COLUMNS, IDENTIFY_EVENT
 
 log = logging.getLogger("millimetric.store")
 
@@ -36,6 +38,11 @@ _TYPES = {
 _DEFAULT = ("VARCHAR", pa.string())
 TABLE_COLUMNS = ("seq", *COLUMNS)
 ARROW_SCHEMA = pa.schema([(name, _TYPES.get(name, _DEFAULT)[1]) for name in TABLE_COLUMNS])
+_JSON_READ_OPTIONS = pyarrow.json.ReadOptions(use_threads=False, block_size=16 << 20)
+_JSON_PARSE_OPTIONS = pyarrow.json.ParseOptions(
+    explicit_schema=pa.schema([field for field in ARROW_SCHEMA if field.name != "seq"]),
+    unexpected_field_behavior="error",
+)
 _DDL = "CREATE TABLE IF NOT EXISTS events ({}, session_sent VARCHAR)".format(
     ", ".join(f'"{name}" {_TYPES.get(name, _DEFAULT)[0]}' for name in TABLE_COLUMNS)
 )
@@ -229,9 +236,11 @@ class DuckDBEventStore:
 
 
 def _arrow_table(frames: list[Frame]) -> pa.Table:
-    rows = [row for frame in frames for row in decode_rows(frame.payload)]
-    seqs = [seq for frame in frames for seq in range(frame.first_seq, frame.next_seq)]
-    columns = list(zip(*(msgspec.structs.astuple(row) for row in rows)))
-    arrays = [pa.array(seqs, pa.int64())]
-    arrays += [pa.array(values, ARROW_SCHEMA.field(i + 1).type) for i, values in enumerate(columns)]
-    return pa.Table.from_arrays(arrays, schema=ARROW_SCHEMA)
+    """The frames' rows (`rows.encode_rows`) with their seqs, as one Arrow table."""
+    lines = pyarrow.json.read_json(
+        io.BytesIO(b"".join(frame.payload for frame in frames)), _JSON_READ_OPTIONS, _JSON_PARSE_OPTIONS
+    )
+    seqs = pa.array(itertools.chain.from_iterable(range(f.first_seq, f.next_seq) for f in frames), pa.int64())
+    if len(seqs) != lines.num_rows:
+        raise ValueError(f"journal frames announce {len(seqs)} rows but hold {lines.num_rows}")
+    return lines.add_column(0, ARROW_SCHEMA.field("seq"), seqs)
