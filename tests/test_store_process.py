@@ -35,15 +35,24 @@ def test_a_failed_store_call_is_reported_and_the_store_keeps_working(client, key
     assert [row["event_name"] for row in stored_events(client)] == ["signup"]
 
 
-def test_a_dead_store_process_fails_writes_and_health_without_a_traceback(client, keys):
-    os.kill(client.app.state.services.events.pid, signal.SIGKILL)
+def test_a_dead_store_process_fails_the_calls_that_find_out_then_comes_back(client, keys):
+    assert client.post("/v1/track", json=TRACK, headers=bearer(keys.sk)).status_code == 202
+    dead = client.app.state.services.events.pid
+    os.kill(dead, signal.SIGKILL)
     time.sleep(0.2)
-    response = client.post("/v1/track", json=TRACK, headers=bearer(keys.sk))
+    response = client.post("/v1/track", json={**TRACK, "event": "refused"}, headers=bearer(keys.sk))
     assert_error(response, 502, "upstream_failed")
     assert "Traceback" not in response.text
     health = client.get("/healthz")
     assert health.status_code == 503
     assert health.json()["event_store"] == "unreachable"
+    deadline = time.monotonic() + 20
+    while client.get("/healthz").status_code != 200:
+        assert time.monotonic() < deadline, "the store process was not restarted"
+        time.sleep(0.1)
+    assert client.app.state.services.events.pid != dead
+    assert client.post("/v1/track", json={**TRACK, "event": "after"}, headers=bearer(keys.sk)).status_code == 202
+    assert [row["event_name"] for row in stored_events(client)] == ["signup", "after"]
 
 
 def test_a_second_store_on_the_same_file_waits_then_reports_the_lock(tmp_path):

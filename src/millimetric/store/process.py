@@ -14,6 +14,7 @@ its pipes close and exits at once; the next open replays the journal and DuckDB'
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
 from millimetric.store.rows import EventRow, encode_rows
@@ -40,6 +41,7 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["millimetric.store.duckdb_events"])
 READ_CHANNELS = 4
 OPEN_TIMEOUT_SECONDS = 5.0  # the store process of a killed server may still hold the file briefly
+RESTART_BACKOFF_SECONDS = 2.0  # between two starts of a store process that keeps dying
 _WRITE_METHODS = frozenset({"append", "delete_user", "delete_before", "fold"})
 _READ_METHODS = frozenset({"rows", "stats", "sources", "fetch", "ping"})
 _MAINTENANCE_SECONDS = 0.2
@@ -72,49 +74,75 @@ class _Channel:
         self._connection.close()
 
 
-class EventStoreProcess:
-    """The event store, run in a child process. Blocking calls: use them off the event loop."""
+class _Child:
+    """One store process and the server's ends of its pipes."""
 
-    def __init__(
-        self, path: Path, read_channels: int = READ_CHANNELS, open_timeout: float = OPEN_TIMEOUT_SECONDS
-    ) -> None:
+    def __init__(self, path: Path, read_channels: int, open_timeout: float) -> None:
         pipes = [_CONTEXT.Pipe() for _ in range(1 + read_channels)]
         ends = [child for _, child in pipes]
-        self._process = _CONTEXT.Process(
+        self.process = _CONTEXT.Process(
             target=_serve, args=(path, ends, open_timeout), name="millimetric-store", daemon=True
         )
-        self._process.start()
+        self.process.start()
         for _, child in pipes:
             child.close()
-        self._writes = _Channel(pipes[0][0])
+        self.writes = _Channel(pipes[0][0])
         self._reads: queue.SimpleQueue[_Channel] = queue.SimpleQueue()
         self._read_channels = [_Channel(parent) for parent, _ in pipes[1:]]
         for channel in self._read_channels:
             self._reads.put(channel)
         try:
-            self._writes.call("ready")
+            self.writes.call("ready")
         except StoreError:
-            self._process.join(5)
+            self.process.join(5)
             raise
+
+    def read(self, method: str, *args: Any) -> Any:
+        channel = self._reads.get()
+        try:
+            return channel.call(method, *args)
+        finally:
+            self._reads.put(channel)
+
+    def close_channels(self) -> None:
+        for channel in (self.writes, *self._read_channels):
+            channel.close()
+
+
+class EventStoreProcess:
+    """The event store, run in a child process. Blocking calls: use them off the event loop.
+
+    If the child dies, the call that finds out fails (StoreError) and a new child is started in
+    the background; it replays the journal, so every acknowledged event is there again."""
+
+    def __init__(
+        self, path: Path, read_channels: int = READ_CHANNELS, open_timeout: float = OPEN_TIMEOUT_SECONDS
+    ) -> None:
+        self._spawn = functools.partial(_Child, path, read_channels, open_timeout)
+        self._child = self._spawn()
+        self._restart_lock = threading.Lock()
+        self._restart_pending = False
+        self._last_restart = -RESTART_BACKOFF_SECONDS
+        self._closed = False
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid
+        return self._child.process.pid
 
     def append(self, rows: list[EventRow]) -> None:
         """Returns once the rows are durable (in the store's journal)."""
         if rows:
-            self._writes.call("append", encode_rows(rows), len(rows))
+            self._write("append", encode_rows(rows), len(rows))
 
     def delete_user(self, project_id: str, user_id: str) -> int:
-        return self._writes.call("delete_user", project_id, user_id)
+        return self._write("delete_user", project_id, user_id)
 
     def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
-        return self._writes.call("delete_before", project_id, cutoff)
+        return self._write("delete_before", project_id, cutoff)
 
     def fold(self) -> int:
         """Fold new events into the sources rollup now (the store process also does it by itself)."""
-        return self._writes.call("fold")
+        return self._write("fold")
 
     def rows(self, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
         return self._read("rows", project_id, plan)
@@ -133,20 +161,62 @@ class EventStoreProcess:
 
     def close(self) -> None:
         """Checkpoint and stop the store process (call after the writer drained)."""
+        with self._restart_lock:
+            self._closed = True
+        child = self._child
         try:
-            self._writes.call("close")
+            child.writes.call("close")
         except StoreError:
             log.warning("the event store process had already stopped")
-        for channel in (self._writes, *self._read_channels):
-            channel.close()
-        self._process.join()
+        child.close_channels()
+        child.process.join()
+
+    def _write(self, method: str, *args: Any) -> Any:
+        child = self._child
+        return self._watch(child, child.writes.call, method, *args)
 
     def _read(self, method: str, *args: Any) -> Any:
-        channel = self._reads.get()
+        child = self._child
+        return self._watch(child, child.read, method, *args)
+
+    def _watch(self, child: _Child, call: Callable[..., Any], method: str, *args: Any) -> Any:
         try:
-            return channel.call(method, *args)
+            return call(method, *args)
+        except StoreError:
+            if not child.process.is_alive():
+                self._restart_soon(child)
+            raise
+
+    def _restart_soon(self, dead: _Child) -> None:
+        with self._restart_lock:
+            if self._restart_pending or self._closed or self._child is not dead:
+                return
+            self._restart_pending = True
+        threading.Thread(target=self._restart, args=(dead,), name="millimetric-store-restart", daemon=True).start()
+
+    def _restart(self, dead: _Child) -> None:
+        try:
+            time.sleep(max(0.0, self._last_restart + RESTART_BACKOFF_SECONDS - time.monotonic()))
+            self._last_restart = time.monotonic()
+            dead.close_channels()
+            dead.process.join(1)
+            log.warning("the event store process exited (code %s); starting a new one", dead.process.exitcode)
+            child = self._spawn()
+            with self._restart_lock:
+                stopped = self._closed  # the server stopped meanwhile
+                if not stopped:
+                    self._child = child
+            if stopped:
+                child.writes.call("close")
+                child.close_channels()
+                child.process.join()
+                return
+            log.warning("the event store process is back (pid %s)", child.process.pid)
+        except Exception:
+            log.exception("could not restart the event store process")
         finally:
-            self._reads.put(channel)
+            with self._restart_lock:
+                self._restart_pending = False
 
 
 # The child -----------------------------------------------------------------------------------
