@@ -1,5 +1,6 @@
 """The ingest journal: an append is durable once journaled; DuckDB gets the rows later, exactly once."""
 
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -65,16 +66,16 @@ def test_every_read_sees_what_was_acknowledged(tmp_path):
 def test_a_killed_store_process_loses_no_acknowledged_row(tmp_path):
     path = tmp_path / "events.duckdb"
     store = EventStoreProcess(path)
-    store.append(_rows("ab"))
-    store.append(_rows("cde"))
+    asyncio.run(store.append(_rows("ab")))
+    asyncio.run(store.append(_rows("cde")))
     os.kill(store.pid, signal.SIGKILL)
-    store._process.join()
+    store._child.process.join()
     reopened = EventStoreProcess(path)
     try:
         assert reopened.fetch("SELECT seq, event_name FROM events ORDER BY seq")[1] == [
             (1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")
         ]
-        reopened.append(_rows("f"))
+        asyncio.run(reopened.append(_rows("f")))
         assert reopened.fetch("SELECT max(seq) FROM events")[1] == [(6,)]
     finally:
         reopened.close()

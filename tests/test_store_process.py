@@ -1,5 +1,6 @@
 """The store process: DuckDB lives in a child process; the server only talks to it over pipes."""
 
+import asyncio
 import datetime as dt
 import os
 import signal
@@ -73,7 +74,7 @@ def test_closing_checkpoints_so_the_file_holds_every_row(tmp_path):
 
     path = tmp_path / "events.duckdb"
     store = EventStoreProcess(path)
-    store.append([EventRow("p1", dt.datetime(2026, 1, 1), "a"), EventRow("p1", dt.datetime(2026, 1, 2), "b")])
+    asyncio.run(store.append([EventRow("p1", dt.datetime(2026, 1, 1), "a"), EventRow("p1", dt.datetime(2026, 1, 2), "b")]))
     store.close()
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT seq, event_name FROM events ORDER BY seq").fetchall() == [(1, "a"), (2, "b")]

@@ -106,9 +106,8 @@ def serve(
         queue_limit=queue_limit,
     )
     _raise_open_file_limit()
-    # The writer thread needs the GIL briefly for each commit (encode rows, settle futures); with the
-    # default 5 ms switch interval it waits behind the event loop. bench/ingest.py, store process:
-    # 5 ms -> 0.2 ms raised batch from 37-38k to 47-49k events/s on the same machine.
+    # Work handed to threads (reads, chores) needs the GIL back while the event loop is busy: with the
+    # default 5 ms switch interval each hand-back could wait 5 ms behind a loaded event loop.
     sys.setswitchinterval(0.0002)
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)

@@ -103,6 +103,7 @@ def create_app(settings: Settings) -> Starlette:
                 task.cancel()
             if services.limiter is not None:
                 await services.limiter.close()
+            await services.writer.close()  # nothing accepted is dropped on shutdown
             await asyncio.to_thread(services.close)
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 

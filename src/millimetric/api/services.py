@@ -63,8 +63,7 @@ class Services:
         self.control.add_dropped(dict(pending))
 
     def close(self) -> None:
-        """Drain queued events first: nothing accepted is dropped on shutdown."""
-        self.writer.close()
+        """After `await writer.close()`, which makes every accepted event durable."""
         self.flush_counters()
         self.events.close()
         self.control.close()
