@@ -109,6 +109,7 @@ def test_frames_already_in_duckdb_are_not_replayed_twice(tmp_path):
     path = tmp_path / "events.duckdb"
     store = DuckDBEventStore(path)
     _append(store, _rows("ab"))
+    _append(store, _rows("c"))  # a one-row frame: its first seq is the last one flushed
     kept = tmp_path / "kept"
     shutil.copytree(path.with_suffix(".journal"), kept)
     store.close()
@@ -116,8 +117,10 @@ def test_frames_already_in_duckdb_are_not_replayed_twice(tmp_path):
         shutil.copy(file, path.with_suffix(".journal"))
     store = DuckDBEventStore(path)
     try:
-        _append(store, _rows("c"))
-        assert store.fetch("SELECT seq, event_name FROM events ORDER BY seq")[1] == [(1, "a"), (2, "b"), (3, "c")]
+        _append(store, _rows("d"))
+        assert store.fetch("SELECT seq, event_name FROM events ORDER BY seq")[1] == [
+            (1, "a"), (2, "b"), (3, "c"), (4, "d")
+        ]
     finally:
         store.close()
 
