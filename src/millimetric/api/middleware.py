@@ -17,7 +17,7 @@ _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 def new_request_id() -> bytes:
     """Unique, not secret: `random` never releases the GIL (os.urandom does, costing a thread
-    switch per request while the writer thread runs)."""
+    switch per request whenever another thread waits for the GIL)."""
     return b"%016x" % random.getrandbits(64)
 
 
