@@ -19,8 +19,8 @@ What it does, in order:
 4. prints the figures, the targets of issue 2 and whether each is met, and writes everything to
    bench/results/ingest-<timestamp>.json.
 
-The server's CPU use during each measured run (per thread: the event loop, the writer, and the
-store process) and wrk's own CPU use are recorded too: on a 2-core machine the load generator competes with
+The server's CPU use during each measured run (the event loop, other threads, and the store
+process) and wrk's own CPU use are recorded too: on a 2-core machine the load generator competes with
 the server, and these figures tell whether the server was the bottleneck. Before each scenario
 the script waits (up to --quiet-wait seconds) until other processes use less than
 --quiet-threshold % of a core, and it reports what they used during each run: other sessions'
@@ -232,7 +232,7 @@ def descendants(pid: int) -> list[int]:
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds per thread group of the server: the main thread (the event loop) by itself, the
-    others (the writer, asyncio.to_thread workers) together unless they are named, and the store
+    others (asyncio.to_thread workers, uvloop's) together unless they are named, and the store
     process (DuckDB) with the other child processes."""
     groups: dict[str, float] = collections.defaultdict(float)
     for owner in [pid, *descendants(pid)]:
