@@ -130,7 +130,7 @@ def test_a_write_cut_short_ends_the_replay_of_its_file(tmp_path, caplog):
     journal = Journal(directory)
     journal.write(Frame(1, 1, b"first"))
     journal.write(Frame(2, 1, b"second"))
-    journal.close()
+    journal.rotate()
     (file,) = directory.glob("*.log")
     file.write_bytes(file.read_bytes()[:-2])  # the second frame's write did not finish
     with caplog.at_level(logging.WARNING, logger="millimetric.store"):
@@ -144,7 +144,7 @@ def test_a_damaged_frame_ends_the_replay_of_its_file(tmp_path):
     journal.write(Frame(1, 1, b"first"))
     journal.write(Frame(2, 1, b"second"))
     journal.write(Frame(3, 1, b"third"))
-    journal.close()
+    journal.rotate()
     (file,) = directory.glob("*.log")
     data = bytearray(file.read_bytes())
     data[data.index(b"second")] ^= 0xFF
@@ -198,7 +198,7 @@ def test_a_failed_write_leaves_no_torn_frame_before_later_ones(tmp_path, monkeyp
         journal.write(Frame(2, 1, b"refused"))
     monkeypatch.undo()
     journal.write(Frame(3, 1, b"third"))
-    journal.close()
+    journal.rotate()
     assert Journal(directory).replay() == [Frame(1, 1, b"first"), Frame(3, 1, b"third")]
 
 

@@ -223,8 +223,7 @@ class DuckDBEventStore:
         """Flush, fold and checkpoint: the next start finds no journal or WAL to replay and the rollup
         complete."""
         with self._flush_lock, self._lock, self._rollup_lock:
-            self._insert(self._take_unflushed())
-            self._journal.close()
+            self._insert(self._take_unflushed())  # closes and deletes the last journal file too
             self._writer.close()
             try:
                 duckdb_rollup.fold(self._folder)

@@ -91,9 +91,6 @@ class Journal:
             _sync_directory(self._directory)
         self._closed = []
 
-    def close(self) -> None:
-        self.rotate()
-
     def _open(self, first_seq: int) -> None:
         self._file = self._directory / f"{first_seq:020d}{_SUFFIX}"
         self._fd = os.open(self._file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)

@@ -15,6 +15,7 @@ replays the journal and DuckDB's WAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -29,7 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Iterator
 
 from millimetric.query.plans import RowsPlan, SourcesPlan, StatsPlan
 from millimetric.store.rows import EventRow, encode_rows
@@ -47,8 +48,8 @@ READ_CHANNELS = 4
 OPEN_TIMEOUT_SECONDS = 5.0  # the store process of a killed server may still hold the file briefly
 RESTART_BACKOFF_SECONDS = 2.0  # between two starts of a store process that keeps dying
 _WRITE_METHODS = frozenset({"delete_user", "delete_before", "fold"})
-_LENGTH = struct.Struct("!I")
 _READ_METHODS = frozenset({"rows", "stats", "sources", "fetch", "ping"})
+_LENGTH = struct.Struct("!I")  # the length prefix of a `Connection.send_bytes` message
 _MAINTENANCE_SECONDS = 0.2
 _SWITCH_INTERVAL_SECONDS = 0.0005
 
@@ -174,12 +175,8 @@ class EventStoreProcess:
         if not rows:
             return
         child = self._child
-        try:
+        with self._watching(child):
             await child.appends.call(len(rows), encode_rows(rows))
-        except StoreError:
-            if not child.process.is_alive():
-                self._restart_soon(child)
-            raise
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         return self._write("delete_user", project_id, user_id)
@@ -220,15 +217,19 @@ class EventStoreProcess:
 
     def _write(self, method: str, *args: Any) -> Any:
         child = self._child
-        return self._watch(child, child.writes.call, method, *args)
+        with self._watching(child):
+            return child.writes.call(method, *args)
 
     def _read(self, method: str, *args: Any) -> Any:
         child = self._child
-        return self._watch(child, child.read, method, *args)
+        with self._watching(child):
+            return child.read(method, *args)
 
-    def _watch(self, child: _Child, call: Callable[..., Any], method: str, *args: Any) -> Any:
+    @contextlib.contextmanager
+    def _watching(self, child: _Child) -> Iterator[None]:
+        """A call that fails because `child` died starts its replacement."""
         try:
-            return call(method, *args)
+            yield
         except StoreError:
             if not child.process.is_alive():
                 self._restart_soon(child)
@@ -270,9 +271,9 @@ class EventStoreProcess:
 def _serve(path: Path, connections: list[multiprocessing.connection.Connection], open_timeout: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # A flush builds its Arrow table in Python while appends wait for the GIL: with the default
-    # 5 ms switch interval each wait could last 5 ms. bench/ingest.py, same VM, two runs each:
-    # /v1/track p99 32-33 ms (5 ms) against 27 ms (0.5 ms).
+    # Flushes and folds take the GIL back often (DuckDB's bindings) while appends wait for it: with
+    # the default 5 ms switch interval each wait could last 5 ms. bench/ingest.py, same VM, two runs
+    # each, before rows travelled as JSON: /v1/track p99 32-33 ms (5 ms) against 27 ms (0.5 ms).
     sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
     writes, appends, *reads = connections
     try:
