@@ -231,13 +231,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds per thread group of the server: the main thread (the event loop) by itself, the
-    others (asyncio.to_thread workers, uvloop's) together unless they are named, and the store
-    process (DuckDB) with the other child processes."""
+    """CPU seconds per thread group of the server: the main thread (the event loop; with
+    MILLIMETRIC_WORKERS, every worker's and the supervisor's together) by itself, the others
+    (asyncio.to_thread workers, uvloop's) together unless they are named, and the store process
+    (DuckDB) with the other child processes."""
     groups: dict[str, float] = collections.defaultdict(float)
     for owner in [pid, *descendants(pid)]:
         try:
             tids = os.listdir(f"/proc/{owner}/task")
+            server = owner == pid or b"spawn_main" in Path(f"/proc/{owner}/cmdline").read_bytes()
         except FileNotFoundError:
             continue
         for tid in tids:
@@ -248,9 +250,9 @@ def thread_cpu(pid: int) -> dict[str, float]:
             comm = stat[stat.index("(") + 1: stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2:].split()
             seconds = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
-            if owner != pid:
+            if not server:
                 name = "store process"
-            elif tid == str(pid):
+            elif tid == str(owner):
                 name = "main (event loop)"
             else:  # Python 3.11 leaves every thread named after the executable: group those as one
                 name = "other threads" if comm.startswith("python") else comm

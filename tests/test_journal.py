@@ -68,7 +68,7 @@ def test_a_killed_store_process_loses_no_acknowledged_row(tmp_path):
     store = EventStoreProcess(path)
     asyncio.run(store.append(_rows("ab")))
     asyncio.run(store.append(_rows("cde")))
-    os.kill(store.pid, signal.SIGKILL)
+    os.kill(store.process.pid, signal.SIGKILL)
     store._child.process.join()
     reopened = EventStoreProcess(path)
     try:
@@ -219,7 +219,7 @@ def test_the_store_answers_a_failed_append_and_goes_on(tmp_path, monkeypatch):
 
 
 def test_every_value_reaches_duckdb_as_it_was_sent(tmp_path):
-    """Rows travel as JSON lines and are parsed by pyarrow: text, nulls and microseconds intact."""
+    """Rows travel as Arrow IPC streams: text, nulls and microseconds intact."""
     odd = 'quote " backslash \\ newline \n tab \t emoji 🦆 cjk 漢字 nul-free \u2028'
     row = EventRow(
         "p1", dt.datetime(2026, 3, 29, 1, 59, 59, 123456), odd, event_id=None, anonymous_id="a\nb", user_id=odd,

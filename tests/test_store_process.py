@@ -21,10 +21,10 @@ TRACK = {"event": "signup", "anonymous_id": "anon-1"}
 def test_the_server_process_never_opens_the_event_file(client, keys, settings):
     client.post("/v1/track", json=TRACK, headers=bearer(keys.sk))
     store = client.app.state.services.events
-    assert store.pid != os.getpid()
+    assert store.process.pid != os.getpid()
     own_files = {os.path.realpath(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")}
     assert str(settings.event_store_path) not in own_files
-    child_files = {os.path.realpath(f"/proc/{store.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{store.pid}/fd")}
+    child_files = {os.path.realpath(f"/proc/{store.process.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{store.process.pid}/fd")}
     assert str(settings.event_store_path) in child_files
 
 
@@ -38,7 +38,7 @@ def test_a_failed_store_call_is_reported_and_the_store_keeps_working(client, key
 
 def test_a_dead_store_process_fails_the_calls_that_find_out_then_comes_back(client, keys):
     assert client.post("/v1/track", json=TRACK, headers=bearer(keys.sk)).status_code == 202
-    dead = client.app.state.services.events.pid
+    dead = client.app.state.services.events.process.pid
     os.kill(dead, signal.SIGKILL)
     time.sleep(0.2)
     response = client.post("/v1/track", json={**TRACK, "event": "refused"}, headers=bearer(keys.sk))
@@ -51,7 +51,7 @@ def test_a_dead_store_process_fails_the_calls_that_find_out_then_comes_back(clie
     while client.get("/healthz").status_code != 200:
         assert time.monotonic() < deadline, "the store process was not restarted"
         time.sleep(0.1)
-    assert client.app.state.services.events.pid != dead
+    assert client.app.state.services.events.process.pid != dead
     assert client.post("/v1/track", json={**TRACK, "event": "after"}, headers=bearer(keys.sk)).status_code == 202
     assert [row["event_name"] for row in stored_events(client)] == ["signup", "after"]
 

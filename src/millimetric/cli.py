@@ -88,12 +88,14 @@ def serve(
     queue_limit: Annotated[
         Optional[int], typer.Option(help="Events waiting for a commit before 503 [env MILLIMETRIC_QUEUE_LIMIT].")
     ] = None,
+    workers: Annotated[
+        Optional[int],
+        typer.Option(help="Server processes sharing the port and the event store, about one per core "
+                          "[env MILLIMETRIC_WORKERS; default 1].", min=1),
+    ] = None,
 ) -> None:
     """Run the API server (creates a `default` project with keys on an empty data directory)."""
-    import uvicorn
-
-    from millimetric.api.app import create_app
-    from millimetric.api.protocol import GuardedHttpToolsProtocol
+    from millimetric.api import server
 
     settings = Settings.from_env(
         data_dir=data_dir,
@@ -104,32 +106,18 @@ def serve(
         trusted_proxies=tuple(p.strip() for p in trusted_proxies.split(",") if p.strip()) if trusted_proxies else None,
         log_level=log_level,
         queue_limit=queue_limit,
+        workers=workers,
     )
     _raise_open_file_limit()
-    # Work handed to threads (reads, chores) needs the GIL back while the event loop is busy: with the
-    # default 5 ms switch interval each hand-back could wait 5 ms behind a loaded event loop.
-    sys.setswitchinterval(0.0002)
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    server.prepare_process(settings)
     control = _control(settings)
     if not control.list_projects():
         project, tokens = control.create_project(DEFAULT_PROJECT, [DEFAULT_ORIGIN])
         _print_new_keys(project, tokens)
     control.close()
-    err.print(f"millimetric serving on http://{settings.host}:{settings.port} (data in {settings.data_dir})")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http=GuardedHttpToolsProtocol,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # access lines would carry client addresses
-        backlog=4096,
-        timeout_keep_alive=5,
-        timeout_graceful_shutdown=15,
-        server_header=False,
-    )
+    processes = f", {settings.workers} worker processes" if settings.workers > 1 else ""
+    err.print(f"millimetric serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}{processes})")
+    raise typer.Exit(server.run(settings))
 
 
 @projects_app.command("create")

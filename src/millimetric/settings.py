@@ -34,7 +34,8 @@ class Settings:
     trust_cf_headers: bool = False
     log_level: str = "info"
     rate_limits: bool = True
-    queue_limit: int = 50_000
+    queue_limit: int = 50_000  # per worker
+    workers: int = 1  # server processes (`millimetric.api.server`)
     key_cache_ttl: float = 60.0
     forget_tombstone_days: int = 30
     enrich: bool = True
@@ -58,6 +59,7 @@ class Settings:
             "log_level": str,
             "rate_limits": lambda v: v.strip().lower() != "off",
             "queue_limit": int,
+            "workers": int,
             "key_cache_ttl": float,
             "forget_tombstone_days": int,
             "enrich": lambda v: v.strip().lower() != "off",
@@ -70,6 +72,8 @@ class Settings:
                 values[name] = parse(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)
+        if settings.workers < 1:
+            raise ValueError(f"MILLIMETRIC_WORKERS must be 1 or more, not {settings.workers}")
         for cidr in settings.trusted_proxies:
             ipaddress.ip_network(cidr, strict=False)  # fail at start-up, not per request
         return settings

@@ -23,6 +23,7 @@ from millimetric.api.services import Services
 from millimetric.errors import ApiError
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
+from millimetric.store.process import Connections
 
 log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
@@ -74,10 +75,13 @@ async def _every(seconds: float, chore: Callable[[], object], what: str, first_a
         await asyncio.sleep(seconds)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, store: Connections | None = None, chores: bool = True) -> Starlette:
+    """`store` and `chores` are for worker processes (`millimetric.api.server`): the pipes to the
+    supervisor's store process, and whether this worker runs the retention and forget chores."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await asyncio.to_thread(Services.open, settings)
+        services = await asyncio.to_thread(Services.open, settings, store)
         app.state.services = services
         # Long-lived start-up objects (parsers, data files, caches) need no more GC scans; without
         # this, full collections every ~0.5 s paused the loop 35-50 ms (track p99 53 ms -> 17 ms).
@@ -90,12 +94,15 @@ def create_app(settings: Settings) -> Starlette:
             asyncio.create_task(
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
             ),
-            asyncio.create_task(services.forget.run_forever()),
-            asyncio.create_task(_every(
-                RETENTION_SWEEP_SECONDS, lambda: enforce_retention(services.control, services.events),
-                "delete events past retention", first_after=0,
-            )),
         ]
+        if chores:
+            background += [
+                asyncio.create_task(services.forget.run_forever()),
+                asyncio.create_task(_every(
+                    RETENTION_SWEEP_SECONDS, lambda: enforce_retention(services.control, services.events),
+                    "delete events past retention", first_after=0,
+                )),
+            ]
         try:
             yield
         finally:

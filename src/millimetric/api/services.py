@@ -14,7 +14,7 @@ from millimetric.ingest.writer import Writer
 from millimetric.privacy.forget import ForgetRunner
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane
-from millimetric.store.process import EventStoreProcess
+from millimetric.store.process import Connections, EventStoreProcess
 
 
 @dataclasses.dataclass
@@ -35,10 +35,11 @@ class Services:
         return pipeline.STEPS if self.settings.enrich else pipeline.REQUIRED_STEPS
 
     @classmethod
-    def open(cls, settings: Settings) -> "Services":
+    def open(cls, settings: Settings, store: Connections | None = None) -> "Services":
+        """`store`: a worker's pipes to the store process its supervisor started (else start one)."""
         control = ControlPlane(settings.control_plane_url, settings.resolved_pepper())
         control.migrate()
-        events = EventStoreProcess(settings.event_store_path)
+        events = EventStoreProcess.attach(store) if store else EventStoreProcess(settings.event_store_path)
         visits = VisitFactory(control)
         return cls(
             settings=settings,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from functools import lru_cache
 
 from millimetric.ingest.visit import Visit
 from millimetric.store.rows import EventRow
@@ -18,6 +19,10 @@ def derive_ids(row: EventRow, visit: Visit) -> str | None:
     if not row.anonymous_id:
         row.anonymous_id = row.ip_hash or uuid.uuid4().hex
     if not row.session_id:
-        unix_seconds = int((row.timestamp - _EPOCH).total_seconds())
-        row.session_id = f"{row.anonymous_id}-{unix_seconds // SESSION_SECONDS}"
+        row.session_id = f"{row.anonymous_id}-{_session_window(row.timestamp)}"
     return None
+
+
+@lru_cache(maxsize=4096)  # the events of a batch without timestamps share their request's time
+def _session_window(timestamp: dt.datetime) -> int:
+    return int((timestamp - _EPOCH).total_seconds()) // SESSION_SECONDS

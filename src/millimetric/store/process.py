@@ -114,29 +114,20 @@ class _AppendSocket:
         self._socket.close()
 
 
-class _Child:
-    """One store process and the server's ends of its pipes."""
+Connections = list[multiprocessing.connection.Connection]  # one server process's ends: writes, appends, reads
 
-    def __init__(self, path: Path, read_channels: int, open_timeout: float) -> None:
-        pipes = [_CONTEXT.Pipe() for _ in range(2 + read_channels)]
-        ends = [child for _, child in pipes]
-        self.process = _CONTEXT.Process(
-            target=_serve, args=(path, ends, open_timeout), name="millimetric-store", daemon=True
-        )
-        self.process.start()
-        for _, child in pipes:
-            child.close()
-        self.writes = _Channel(pipes[0][0])
-        self.appends = _AppendSocket(pipes[1][0])
+
+class _Channels:
+    """One server process's ends of the pipes to the store process."""
+
+    def __init__(self, connections: Connections) -> None:
+        writes, appends, *reads = connections
+        self.writes = _Channel(writes)
+        self.appends = _AppendSocket(appends)
         self._reads: queue.SimpleQueue[_Channel] = queue.SimpleQueue()
-        self._read_channels = [_Channel(parent) for parent, _ in pipes[2:]]
+        self._read_channels = [_Channel(connection) for connection in reads]
         for channel in self._read_channels:
             self._reads.put(channel)
-        try:
-            self.writes.call("ready")
-        except StoreError:
-            self.process.join(5)
-            raise
 
     def read(self, method: str, *args: Any) -> Any:
         channel = self._reads.get()
@@ -145,30 +136,82 @@ class _Child:
         finally:
             self._reads.put(channel)
 
-    def close_channels(self) -> None:
+    def close(self) -> None:
         for channel in (self.writes, self.appends, *self._read_channels):
             channel.close()
+
+
+class _Child:
+    """One store process and the pipes of each server process that talks to it: the first set is
+    this process's own, the others (`spare`) are for worker processes (`EventStoreProcess.attach`)."""
+
+    def __init__(self, path: Path, read_channels: int, open_timeout: float, servers: int = 1) -> None:
+        sets = [[_CONTEXT.Pipe() for _ in range(2 + read_channels)] for _ in range(servers)]
+        self.process: multiprocessing.process.BaseProcess | None = _CONTEXT.Process(
+            target=_serve, args=(path, [[child for _, child in pipes] for pipes in sets], open_timeout),
+            name="millimetric-store", daemon=True,
+        )
+        self.process.start()
+        for pipes in sets:
+            for _, child in pipes:
+                child.close()
+        self.channels = _Channels([parent for parent, _ in sets[0]])
+        self.spare: list[Connections] = [[parent for parent, _ in pipes] for pipes in sets[1:]]
+        try:
+            self.channels.writes.call("ready")
+        except StoreError:
+            self.process.join(5)
+            raise
+
+    @classmethod
+    def attached(cls, connections: Connections) -> "_Child":
+        """A store process that another process started, seen through the pipes it handed over."""
+        child = cls.__new__(cls)
+        child.process, child.channels, child.spare = None, _Channels(connections), []
+        return child
 
 
 class EventStoreProcess:
     """The event store, run in a child process. Blocking calls: use them off the event loop.
 
     If the child dies, the call that finds out fails (StoreError) and a new child is started in
-    the background; it replays the journal, so every acknowledged event is there again."""
+    the background; it replays the journal, so every acknowledged event is there again.
+
+    With `workers` the child also serves that many worker processes (`spare_connections`, taken
+    by `attach` in each). Their pipes cannot be handed over again, so then a dead child is not
+    restarted here: the supervisor of them all decides (`millimetric.api.workers`)."""
 
     def __init__(
-        self, path: Path, read_channels: int = READ_CHANNELS, open_timeout: float = OPEN_TIMEOUT_SECONDS
+        self, path: Path, read_channels: int = READ_CHANNELS, open_timeout: float = OPEN_TIMEOUT_SECONDS,
+        workers: int = 0,
     ) -> None:
-        self._spawn = functools.partial(_Child, path, read_channels, open_timeout)
+        self._spawn = functools.partial(_Child, path, read_channels, open_timeout, 1 + workers)
         self._child = self._spawn()
+        self._restarts = not workers
         self._restart_lock = threading.Lock()
         self._restart_pending = False
         self._last_restart = -RESTART_BACKOFF_SECONDS
         self._closed = False
 
+    @classmethod
+    def attach(cls, connections: Connections) -> "EventStoreProcess":
+        """A worker's side of the store process its supervisor started."""
+        store = cls.__new__(cls)
+        store._child = _Child.attached(connections)
+        store._restarts = False
+        store._restart_lock = threading.Lock()
+        store._closed = False
+        return store
+
     @property
-    def pid(self) -> int | None:
-        return self._child.process.pid
+    def spare_connections(self) -> list[Connections]:
+        """The pipes for worker processes, one set each."""
+        return self._child.spare
+
+    @property
+    def process(self) -> multiprocessing.process.BaseProcess | None:
+        """The store process, if this process started it."""
+        return self._child.process
 
     async def append(self, rows: list[EventRow]) -> None:
         """Returns once the rows are durable (in the store's journal). One call at a time."""
@@ -176,7 +219,7 @@ class EventStoreProcess:
             return
         child = self._child
         with self._watching(child):
-            await child.appends.call(len(rows), encode_rows(rows))
+            await child.channels.appends.call(len(rows), encode_rows(rows))
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         return self._write("delete_user", project_id, user_id)
@@ -208,22 +251,25 @@ class EventStoreProcess:
         with self._restart_lock:
             self._closed = True
         child = self._child
+        if child.process is None:  # attached: the supervisor closes the store once every worker is gone
+            child.channels.close()
+            return
         try:
-            child.writes.call("close")
+            child.channels.writes.call("close")
         except StoreError:
             log.warning("the event store process had already stopped")
-        child.close_channels()
+        child.channels.close()
         child.process.join()
 
     def _write(self, method: str, *args: Any) -> Any:
         child = self._child
         with self._watching(child):
-            return child.writes.call(method, *args)
+            return child.channels.writes.call(method, *args)
 
     def _read(self, method: str, *args: Any) -> Any:
         child = self._child
         with self._watching(child):
-            return child.read(method, *args)
+            return child.channels.read(method, *args)
 
     @contextlib.contextmanager
     def _watching(self, child: _Child) -> Iterator[None]:
@@ -231,7 +277,7 @@ class EventStoreProcess:
         try:
             yield
         except StoreError:
-            if not child.process.is_alive():
+            if self._restarts and child.process is not None and not child.process.is_alive():
                 self._restart_soon(child)
             raise
 
@@ -246,7 +292,7 @@ class EventStoreProcess:
         try:
             time.sleep(max(0.0, self._last_restart + RESTART_BACKOFF_SECONDS - time.monotonic()))
             self._last_restart = time.monotonic()
-            dead.close_channels()
+            dead.channels.close()
             dead.process.join(1)
             log.warning("the event store process exited (code %s); starting a new one", dead.process.exitcode)
             child = self._spawn()
@@ -255,8 +301,8 @@ class EventStoreProcess:
                 if not stopped:
                     self._child = child
             if stopped:
-                child.writes.call("close")
-                child.close_channels()
+                child.channels.writes.call("close")
+                child.channels.close()
                 child.process.join()
                 return
             log.warning("the event store process is back (pid %s)", child.process.pid)
@@ -268,31 +314,35 @@ class EventStoreProcess:
 
 
 # The child -----------------------------------------------------------------------------------
-def _serve(path: Path, connections: list[multiprocessing.connection.Connection], open_timeout: float) -> None:
+def _serve(path: Path, connection_sets: list[Connections], open_timeout: float) -> None:
+    """Serve each server process's pipes; the first set is the owner's, which alone closes the store."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Flushes and folds take the GIL back often (DuckDB's bindings) while appends wait for it: with
     # the default 5 ms switch interval each wait could last 5 ms. bench/ingest.py, same VM, two runs
     # each, before rows travelled as JSON: /v1/track p99 32-33 ms (5 ms) against 27 ms (0.5 ms).
     sys.setswitchinterval(_SWITCH_INTERVAL_SECONDS)
-    writes, appends, *reads = connections
+    owner_writes = connection_sets[0][0]
     try:
         store = _open(path, open_timeout)
     except Exception as exc:
-        _reply_to_ready(writes, "error", f"cannot open the event store {path}: {exc}")
+        _reply_to_ready(owner_writes, "error", f"cannot open the event store {path}: {exc}")
         return
-    _reply_to_ready(writes, "ok", None)
-    for connection in reads:
-        threading.Thread(target=_answer, args=(store, connection, _READ_METHODS), daemon=True).start()
-    threading.Thread(target=_answer_appends, args=(store, appends), daemon=True).start()
+    _reply_to_ready(owner_writes, "ok", None)
+    for index, (writes, appends, *reads) in enumerate(connection_sets):
+        for connection in reads:
+            threading.Thread(target=_answer, args=(store, connection, _READ_METHODS), daemon=True).start()
+        threading.Thread(target=_answer_appends, args=(store, appends), daemon=True).start()
+        if index:  # a worker's: it ends when the worker closes it or dies
+            threading.Thread(target=_answer, args=(store, writes, _WRITE_METHODS), daemon=True).start()
     threading.Thread(target=_maintain, args=(store,), daemon=True).start()
-    if not _answer(store, writes, _WRITE_METHODS):
-        # The server is gone (killed): go at once, so a restarted server can open the file. Every
+    if not _answer(store, owner_writes, _WRITE_METHODS):
+        # The owner is gone (killed): go at once, so a restarted server can open the file. Every
         # acknowledged write is already in the journal or DuckDB's WAL, which the next open replays.
         os._exit(0)
     store.close()
     try:
-        writes.send(("ok", None))  # the reply to "close", once the checkpoint is done
+        owner_writes.send(("ok", None))  # the reply to "close", once the checkpoint is done
     except OSError:
         pass
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Iterable
 
 import msgspec
+import pyarrow as pa
+import pyarrow.ipc
 
 
 class EventRow(msgspec.Struct):
@@ -35,12 +38,27 @@ class EventRow(msgspec.Struct):
 
 COLUMNS: tuple[str, ...] = EventRow.__struct_fields__
 IDENTIFY_EVENT = "$identify"  # the row an identify stores; reads and forget stitch identities by it
-# Rows cross the pipe to the store process and sit in its journal as JSON lines: the store turns
-# them into an Arrow table with pyarrow's JSON reader (C++, GIL released), about twice as cheap as
-# decoding them into Python objects first.
-_ENCODER = msgspec.json.Encoder()
+
+# Rows cross the pipe to the store process and sit in its journal as Arrow IPC streams: the store
+# hands them to DuckDB without parsing them again. Building the columns costs the event loop about
+# 1 us more per row than JSON lines did; reading JSON lines cost the store 4-5 us per row.
+ARROW_SCHEMA = pa.schema([(name, pa.timestamp("us") if name == "timestamp" else pa.string()) for name in COLUMNS])
+_TYPES = tuple(field.type for field in ARROW_SCHEMA)
 
 
 def encode_rows(rows: list[EventRow]) -> bytes:
-    """One JSON object per line, every field present."""
-    return _ENCODER.encode_lines(rows)
+    """One Arrow IPC stream holding one record batch of `rows`."""
+    columns = zip(*map(msgspec.structs.astuple, rows)) if rows else ([] for _ in COLUMNS)
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(values, type) for values, type in zip(columns, _TYPES)], schema=ARROW_SCHEMA
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, ARROW_SCHEMA) as stream:
+        stream.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_rows(payloads: Iterable[bytes]) -> pa.Table:
+    """The rows of many `encode_rows` payloads, as one table (zero-copy: no row is parsed)."""
+    batches = [batch for payload in payloads for batch in pa.ipc.open_stream(payload)]
+    return pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
