@@ -28,7 +28,7 @@ STEPS: tuple[Step, ...] = (
     put_user_agent,
     drop_bots,
     put_ip_hash,
-    derive_ids,  # anonymous_id falls back to the ip hash; session_id follows from it
+    derive_ids,  # anonymous_id falls back to the ip hash (the store derives session ids from it)
     put_source,
     put_country,
 )
@@ -46,7 +46,7 @@ def new_row(event: TrackEvent, properties: str, visit: Visit) -> EventRow:
         event_id=event.event_id,
         anonymous_id=event.anonymous_id or "",
         user_id=event.user_id,
-        session_id=event.session_id or "",
+        session_id=event.session_id,
         referrer=event.referrer,
         url=event.url,
         path=event.path,

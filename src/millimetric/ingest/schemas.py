@@ -33,14 +33,14 @@ def _str(min_length: int, max_length: int) -> Any:
     return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length)]
 
 
-class Context(msgspec.Struct):
+class Context(msgspec.Struct, gc=False):
     """Visitor details forwarded by a server-side sender (honoured for sk_ keys only)."""
 
     ip: _str(1, 64) | None = None
     user_agent: _str(0, 1024) | None = None
 
 
-class TrackEvent(msgspec.Struct):
+class TrackEvent(msgspec.Struct, gc=False):
     event: _str(1, 128)
     event_id: _str(1, 128) | None = None
     timestamp: dt.datetime | None = None

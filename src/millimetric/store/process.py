@@ -93,7 +93,8 @@ class _AppendSocket:
     async def call(self, count: int, payload: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.sock_sendall(self._socket, _LENGTH.pack(4 + len(payload)) + _LENGTH.pack(count) + payload)
+            await loop.sock_sendall(self._socket, _LENGTH.pack(4 + len(payload)) + _LENGTH.pack(count))
+            await loop.sock_sendall(self._socket, payload)  # not joined to the header: no copy of it
             (length,) = _LENGTH.unpack(await self._receive(loop, _LENGTH.size))
             error = await self._receive(loop, length)
         except (EOFError, OSError) as exc:

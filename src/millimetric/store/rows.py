@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 
-class EventRow(msgspec.Struct):
+class EventRow(msgspec.Struct, gc=False):
     """Built by the ingest pipeline, written by an event store. `seq` is assigned by the store."""
 
     project_id: str
@@ -19,7 +19,7 @@ class EventRow(msgspec.Struct):
     event_id: str | None = None
     anonymous_id: str = ""
     user_id: str | None = None
-    session_id: str = ""
+    session_id: str | None = None  # as sent; None: the store derives it (a virtual column)
     source: str = ""
     medium: str = ""
     campaign: str | None = None
