@@ -1,6 +1,6 @@
 """Ingest benchmark: a real `millimetric serve` process driven by wrk in another process.
 
-    .venv/bin/python bench/ingest.py [--duration 10] [--connections 64] [--threads 1] ...
+    .venv/bin/python bench/ingest.py [--workers 2] [--duration 10] [--connections 64] [--threads 1] ...
 
 What it does, in order:
 1. a fresh temporary data directory; a project made with the CLI (`projects create --json`, whose
@@ -430,6 +430,8 @@ def parse_args() -> argparse.Namespace:
                    help="before each measured run, wait while other processes use more than this %% of a core")
     p.add_argument("--quiet-wait", type=float, default=120, help="longest wait for a quiet machine, seconds")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (data, bodies, server log)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (MILLIMETRIC_WORKERS; default 1, the server's default)")
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment for the server (repeatable), e.g. MILLIMETRIC_QUEUE_LIMIT=100000")
     p.add_argument("--profile", action="store_true", help="py-spy the server during each measured run")
@@ -468,6 +470,7 @@ def main() -> int:
           f"commit {m['git_commit']}; {m['wrk']}")
     print(f"wrk: {args.threads} thread(s), {args.connections} connections, {args.warmup:g}s warm-up + "
           f"{args.duration:g}s measured per scenario; {args.bodies} distinct bodies per scenario")
+    print(f"server: {args.workers} worker process(es)")
     print(f"work dir: {work}")
 
     bodies = {
@@ -479,7 +482,7 @@ def main() -> int:
     results["body_bytes"] = {"track": track_size, "batch": batch_size}
     print(f"bodies: track ~{track_size} B, batch of {args.batch_size} ~{batch_size} B")
 
-    extra_env = dict(item.split("=", 1) for item in args.server_env)
+    extra_env = {"MILLIMETRIC_WORKERS": str(args.workers), **dict(item.split("=", 1) for item in args.server_env)}
     servers: dict[tuple, tuple[Server, str]] = {}  # one server (and sk_ key) per distinct settings
 
     def server_for(scenario_env: dict[str, str]) -> tuple[Server, str]:

@@ -66,7 +66,10 @@ def drive(urls: list[str], token: str, rate: float, seconds: float) -> dict[int,
     """Send /v1/track at `rate` requests/s spread over `urls` for `seconds`; count statuses."""
     async def run() -> dict[int, int]:
         counts: dict[int, int] = {}
-        async with httpx.AsyncClient(headers=bearer(token), timeout=10) as client:
+        # Idle connections expire here before the server's 5 s keep-alive timeout closes them: a
+        # request sent on a connection the server is closing at that moment fails with ReadError.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        async with httpx.AsyncClient(headers=bearer(token), timeout=10, limits=limits) as client:
             start = time.monotonic()
             tasks = []
             for n in range(int(rate * seconds)):
