@@ -1,5 +1,5 @@
-"""Read benchmark: N synthetic events loaded through `millimetric import`, then the seven reads of
-issue 3 timed over HTTP against a real `millimetric serve` process.
+"""Read benchmark: N synthetic events loaded through `millimetric import`, then seven typical
+dashboard reads, (a) to (g) in `queries`, timed over HTTP against a real `millimetric serve` process.
 
     .venv/bin/python bench/query.py [--events 10000000] [--runs 20] [--reuse]
 
@@ -253,7 +253,7 @@ def _iso(instant: dt.datetime) -> str:
 
 
 def queries(end: dt.datetime, user: str) -> dict[str, tuple[str, dict[str, str]]]:
-    """The seven reads of issue 3, (a) to (g), as (path, query parameters)."""
+    """The seven benchmarked reads, (a) to (g), as (path, query parameters)."""
     year = {"from": _iso(end - dt.timedelta(days=365)), "to": _iso(end)}
     month = {"from": _iso(end - dt.timedelta(days=30)), "to": _iso(end)}
     day_start = end - dt.timedelta(days=180)

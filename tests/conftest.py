@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from millimetric.api.app import create_app
 from millimetric.settings import Settings
+from stored import query_stored
 
 POSTGRES_ADMIN_URL = os.environ.get("MILLIMETRIC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORIGIN = "https://shop.example.com"
@@ -63,7 +64,8 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
 
 
 def stored_events(client: TestClient, where: str = "true", params: tuple = ()) -> list[dict]:
-    names, rows = client.app.state.services.events.fetch(f"SELECT * FROM events WHERE {where} ORDER BY seq", list(params))
+    names, rows = query_stored(client.app.state.services.events, f"SELECT * FROM events WHERE {where} ORDER BY seq",
+                               list(params))
     return [dict(zip(names, row)) for row in rows]
 
 

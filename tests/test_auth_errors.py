@@ -3,6 +3,7 @@
 import pytest
 
 from conftest import ORIGIN, bearer, create_project
+from stored import query_stored
 
 TRACK = {"event": "signup"}
 
@@ -75,7 +76,7 @@ def test_read_and_account_keys_cannot_ingest(client, keys, path, body):
 def test_keys_of_one_project_write_only_there(client, keys):
     other = create_project(client, "other")
     client.post("/v1/track", json={"event": "mine"}, headers=bearer(other.sk))
-    _, rows = client.app.state.services.events.fetch("SELECT project_id FROM events WHERE event_name = 'mine'")
+    _, rows = query_stored(client.app.state.services.events, "SELECT project_id FROM events WHERE event_name = 'mine'")
     assert rows == [(other.project_id,)]
 
 

@@ -7,7 +7,6 @@ stdout; notes and progress go to stderr.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -322,7 +321,8 @@ def import_events(
 ) -> None:
     """Backfill events through the API's own validation, enrichment and writer.
 
-    The embedded event store belongs to one process: stop `millimetric serve` first.
+    Works while `millimetric serve` runs on the same data directory: the rows are handed to its
+    event store.
     """
     import asyncio
 
@@ -337,16 +337,14 @@ def import_events(
 
     from millimetric.api.services import Services
     from millimetric.ingest.backfill import Backfill, Rejected
-    from millimetric.store.process import StoreError
+    from millimetric.store.interface import StoreError
 
     settings = Settings.from_env(data_dir=data_dir, database_url=database_url)
     target = _project_or_exit(_control(settings), project)
     try:
-        services = Services.open(settings)
+        services = Services.open(settings, attach=True)
     except StoreError as exc:
         err.print(str(exc), style="red", markup=False, soft_wrap=True)
-        err.print("It is held by another process, most likely a running `millimetric serve`: stop it and retry.",
-                  soft_wrap=True)
         raise typer.Exit(1) from None
     rejects_path = rejects or Path("import.rejected.ndjson" if file == "-" else f"{file}.rejected.ndjson")
     rejects_file = None

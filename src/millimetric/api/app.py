@@ -20,10 +20,10 @@ from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
-from millimetric.errors import ApiError
+from millimetric.errors import ApiError, overloaded
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
-from millimetric.store.process import Connections
+from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
 
 log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
@@ -57,6 +57,14 @@ async def _api_error(_request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _store_error(_request: Request, exc: Exception) -> Response:
+    """The event store is wedged or full (503, retry later) or unreachable (502)."""
+    log.error("event store: %s", exc)
+    if isinstance(exc, (StoreTimeout, StoreOverloaded)):
+        return error_response(overloaded())
+    return error_response(ApiError("upstream_failed"))
+
+
 async def _http_error(_request: Request, exc: Exception) -> Response:
     """Starlette's routing errors, in our envelope (404 not_found, 405 method_not_allowed)."""
     assert isinstance(exc, HTTPException)
@@ -75,13 +83,13 @@ async def _every(seconds: float, chore: Callable[[], object], what: str, first_a
         await asyncio.sleep(seconds)
 
 
-def create_app(settings: Settings, store: Connections | None = None, chores: bool = True) -> Starlette:
-    """`store` and `chores` are for worker processes (`millimetric.api.server`): the pipes to the
-    supervisor's store process, and whether this worker runs the retention and forget chores."""
+def create_app(settings: Settings, shared_store: object | None = None, chores: bool = True) -> Starlette:
+    """`shared_store` and `chores` are for worker processes (`millimetric.api.server`): the handle
+    on the supervisor's event store, and whether this worker runs the retention and forget chores."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        services = await asyncio.to_thread(Services.open, settings, store)
+        services = await asyncio.to_thread(Services.open, settings, shared_store)
         app.state.services = services
         # Long-lived start-up objects (parsers, data files, caches) need no more GC scans; without
         # this, full collections every ~0.5 s paused the loop 35-50 ms (track p99 53 ms -> 17 ms).
@@ -117,6 +125,6 @@ def create_app(settings: Settings, store: Connections | None = None, chores: boo
     return Starlette(
         routes=ROUTES + (BENCH_ROUTES if settings.bench_routes else []),
         middleware=[Middleware(RequestIdMiddleware), Middleware(CorsMiddleware)],
-        exception_handlers={ApiError: _api_error, HTTPException: _http_error},
+        exception_handlers={ApiError: _api_error, HTTPException: _http_error, StoreError: _store_error},
         lifespan=lifespan,
     )

@@ -11,9 +11,9 @@ from millimetric.api.responses import json_response
 from millimetric.api.services import Services
 from millimetric.auth import ratelimit, scopes
 from millimetric.auth.guard import Principal, require_kind, require_origin
+from millimetric.events.model import EventRow
 from millimetric.ingest import pipeline, schemas
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 
 async def _authorised(request: Request, route: str) -> tuple[Services, Principal]:
@@ -72,7 +72,8 @@ async def track(request: Request) -> Response:
 
 async def batch(request: Request) -> Response:
     services, principal = await _authorised(request, "/v1/batch")
-    body = schemas.decode_batch(await _json_body(request, schemas.BATCH_BODY_LIMIT))
+    retention = principal.project.retention_days if principal.project else None
+    body = schemas.decode_batch(await _json_body(request, schemas.BATCH_BODY_LIMIT), retention)
     await services.writer.write(_rows(request, services, principal, body.events, "events"))
     return json_response({"ok": True, "count": len(body.events)}, 202)
 

@@ -12,9 +12,9 @@ which the supervisor starts and owns:
 - SIGTERM or SIGINT to the supervisor: it sends each worker SIGTERM (a Ctrl-C reaches the workers
   too: uvicorn forces its exit only on a second SIGINT); each drains its queue, then the store
   checkpoints;
-- if a worker or the store process dies, the supervisor stops the rest and exits with status 1,
-  for a process manager to start it again (the journal replays every acknowledged event): the
-  pipes to a store process cannot be handed to a new worker, so nothing is restarted in place.
+- if a worker dies, the supervisor stops the rest and exits with status 1, for a process manager
+  to start it again (the journal replays every acknowledged event); a dead store process is
+  restarted in place by its own supervisor (`millimetric.store.factory.start_shared_store`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import uvicorn
 from millimetric.api.app import create_app
 from millimetric.api.protocol import GuardedHttpToolsProtocol
 from millimetric.settings import Settings
-from millimetric.store.process import Connections, EventStoreProcess
+from millimetric.store.factory import start_shared_store
 
 log = logging.getLogger("millimetric.server")
 _SPAWN = multiprocessing.get_context("spawn")
@@ -81,17 +81,15 @@ def _supervise(settings: Settings) -> int:
     if settings.rate_limits and not settings.redis_url:
         log.warning("rate limits are kept per worker (%d workers): set MILLIMETRIC_REDIS_URL to share them",
                     settings.workers)
-    store = EventStoreProcess(settings.event_store_path, workers=settings.workers)
+    store = start_shared_store(settings)
     listener = _config(None, settings).bind_socket()
     workers = []
-    for index, connections in enumerate(store.spare_connections):
+    for index in range(settings.workers):
         worker = _SPAWN.Process(
-            target=_worker, args=(settings, connections, listener, index == 0), name=f"millimetric-worker-{index}"
+            target=_worker, args=(settings, store.handle, listener, index == 0), name=f"millimetric-worker-{index}"
         )
         worker.start()
         workers.append(worker)
-    for connection in (c for connections in store.spare_connections for c in connections):
-        connection.close()  # the workers hold their own copies now
     listener.close()
 
     stop = threading.Event()
@@ -99,7 +97,7 @@ def _supervise(settings: Settings) -> int:
         signal.signal(signum, lambda *_: stop.set())
     failed = None
     while not stop.wait(_WATCH_SECONDS):
-        failed = next((p.name for p in (*workers, store.process) if p is not None and not p.is_alive()), None)
+        failed = next((p.name for p in workers if not p.is_alive()), None)
         if failed:
             log.error("%s exited: stopping every worker (start the server again; the journal replays)", failed)
             break
@@ -117,10 +115,10 @@ def _supervise(settings: Settings) -> int:
     return 1 if failed else 0
 
 
-def _worker(settings: Settings, connections: Connections, listener: socket.socket, chores: bool) -> None:
+def _worker(settings: Settings, shared_store: object, listener: socket.socket, chores: bool) -> None:
     _exit_with(os.getppid())
     prepare_process(settings)
-    app = create_app(settings, store=connections, chores=chores)
+    app = create_app(settings, shared_store=shared_store, chores=chores)
     uvicorn.Server(_config(app, settings)).run(sockets=[listener])
 
 

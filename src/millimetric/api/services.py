@@ -14,14 +14,15 @@ from millimetric.ingest.writer import Writer
 from millimetric.privacy.forget import ForgetRunner
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane
-from millimetric.store.process import Connections, EventStoreProcess
+from millimetric.store.factory import open_event_store
+from millimetric.store.interface import EventStore
 
 
 @dataclasses.dataclass
 class Services:
     settings: Settings
     control: ControlPlane
-    events: EventStoreProcess
+    events: EventStore
     writer: Writer
     keys: KeyResolver
     visits: VisitFactory
@@ -35,11 +36,12 @@ class Services:
         return pipeline.STEPS if self.settings.enrich else pipeline.REQUIRED_STEPS
 
     @classmethod
-    def open(cls, settings: Settings, store: Connections | None = None) -> "Services":
-        """`store`: a worker's pipes to the store process its supervisor started (else start one)."""
+    def open(cls, settings: Settings, shared_store: object | None = None, attach: bool = False) -> "Services":
+        """`shared_store`: a worker's handle on the event store its supervisor started. `attach`: use
+        the event store of a server running on the same data directory, if any (else start one)."""
         control = ControlPlane(settings.control_plane_url, settings.resolved_pepper())
         control.migrate()
-        events = EventStoreProcess.attach(store) if store else EventStoreProcess(settings.event_store_path)
+        events = open_event_store(settings, shared=shared_store, attach=attach)
         visits = VisitFactory(control)
         return cls(
             settings=settings,

@@ -16,11 +16,11 @@ from typing import Any, Callable, Iterable
 import msgspec
 
 from millimetric.errors import ApiError
+from millimetric.events.model import EventRow
 from millimetric.ingest import pipeline, schemas
 from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
 from millimetric.store.control import Project
-from millimetric.store.rows import EventRow
 
 BATCH_EVENTS = 1000
 IN_FLIGHT_BATCHES = 8  # keeps the writer's group commit busy while the next batches are enriched
@@ -44,7 +44,10 @@ class Outcome:
 
 
 def _failing_indexes(error: ApiError) -> set[int]:
-    """Batch positions named by an invalid_payload's fieldErrors (`events.3.timestamp` -> 3)."""
+    """Batch positions named by an invalid_payload's fieldErrors (`events.3.timestamp` -> 3).
+
+    A cut list (`truncated`) names only some of them: the caller rejects those and checks the
+    rest of the batch again, which names the others."""
     paths = (error.details or {}).get("fieldErrors", {})
     return {int(path.split(".")[1]) for path in paths if path.startswith(f"{_PREFIX}.")}
 
@@ -154,4 +157,5 @@ def _only(error: ApiError, index: int) -> ApiError:
         for path, messages in error.details["fieldErrors"].items()
         if path.startswith(prefix)
     }
-    return ApiError("invalid_payload", {**error.details, "fieldErrors": field_errors})
+    details = {key: value for key, value in error.details.items() if key != "truncated"}  # about the batch
+    return ApiError("invalid_payload", {**details, "fieldErrors": field_errors})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from millimetric.events.model import EventRow
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 
 def drop_bots(row: EventRow, visit: Visit) -> str | None:

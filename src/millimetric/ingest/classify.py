@@ -36,8 +36,8 @@ from urllib.parse import parse_qsl, urlsplit
 import tldextract
 
 from millimetric.data import load_data
+from millimetric.events.model import EventRow
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 __all__ = ["Attribution", "Confidence", "classify"]
 

@@ -11,8 +11,8 @@ from functools import lru_cache
 
 import iptocc
 
+from millimetric.events.model import EventRow
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 __all__ = ["country_for_ip"]
 

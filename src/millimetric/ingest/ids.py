@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from millimetric.events.model import EventRow
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 
 def derive_ids(row: EventRow, visit: Visit) -> str | None:

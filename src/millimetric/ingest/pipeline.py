@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Callable
 
+from millimetric.events.model import EventRow
 from millimetric.ingest import schemas
 from millimetric.ingest.bots import drop_bots
 from millimetric.ingest.classify import put_source
@@ -19,7 +20,6 @@ from millimetric.ingest.schemas import TrackEvent, to_utc_naive
 from millimetric.ingest.useragent import put_user_agent
 from millimetric.ingest.visit import Visit
 from millimetric.ingest.visitor_hash import put_ip_hash
-from millimetric.store.rows import EventRow
 
 Step = Callable[[EventRow, Visit], "str | None"]
 

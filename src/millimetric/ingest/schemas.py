@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from millimetric.errors import ApiError
-from millimetric.store.rows import IDENTIFY_EVENT
+from millimetric.events.model import IDENTIFY_EVENT
 
 TRACK_BODY_LIMIT = 64 * 1024
 IDENTIFY_BODY_LIMIT = 64 * 1024
@@ -27,6 +27,9 @@ PROPERTIES_MAX_DEPTH = 32
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
 EARLIEST = dt.datetime(2000, 1, 1)
 RESERVED_EVENTS_ALLOWED = frozenset({"$pageview", IDENTIFY_EVENT})
+# An invalid_payload lists at most this many paths in fieldErrors; beyond it the list is cut and
+# `details.truncated` is true (a 1000-event batch could otherwise answer with thousands).
+MAX_FIELD_ERRORS = 100
 
 
 def _str(min_length: int, max_length: int) -> Any:
@@ -76,12 +79,20 @@ _track_decoder = msgspec.json.Decoder(TrackEvent)
 _batch_decoder = msgspec.json.Decoder(Batch)
 _raw_batch_decoder = msgspec.json.Decoder(RawBatch)
 _identify_decoder = msgspec.json.Decoder(Identify)
+# The slow path of a failed batch checks each field of a failing event on its own.
+_object_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_TRACK_FIELDS = tuple(
+    (field.encode_name, field.name, field.required, msgspec.json.Decoder(field.type))
+    for field in msgspec.structs.fields(TrackEvent)
+    if field.type is not msgspec.Raw  # raw JSON (properties) takes any value; check_event checks it
+)
 _encoder = msgspec.json.Encoder()
 _any_decoder = msgspec.json.Decoder()
 
 TOO_DEEP = f"JSON nested too deeply (properties allow {PROPERTIES_MAX_DEPTH} levels)"
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 _AT = " - at `"
+_EVENTS = "events"  # a batch's field paths: events.<index>.<field>
 
 
 class FieldErrors(dict[str, list[str]]):
@@ -94,10 +105,13 @@ class FieldErrors(dict[str, list[str]]):
 
 
 def invalid_payload(field_errors: dict[str, list[str]] | None = None, form_error: str | None = None) -> ApiError:
-    return ApiError(
-        "invalid_payload",
-        {"fieldErrors": dict(field_errors or {}), "formErrors": [form_error] if form_error else []},
-    )
+    """400 invalid_payload; fieldErrors keeps its first MAX_FIELD_ERRORS paths (then `truncated`)."""
+    field_errors = field_errors or {}
+    details: dict[str, Any] = {"fieldErrors": dict(field_errors), "formErrors": [form_error] if form_error else []}
+    if len(field_errors) > MAX_FIELD_ERRORS:
+        details["fieldErrors"] = dict(list(field_errors.items())[:MAX_FIELD_ERRORS])
+        details["truncated"] = True
+    return ApiError("invalid_payload", details)
 
 
 def _field_path(error: msgspec.ValidationError, prefix: str = "") -> tuple[str, str]:
@@ -224,8 +238,11 @@ def decode_identify(body: bytes) -> Identify:
     return decode_with(_identify_decoder, body)
 
 
-def decode_batch(body: bytes) -> Batch:
-    """Fast path decodes the whole batch; on failure, name every failing event by index."""
+def decode_batch(body: bytes, retention_days: int | None = None, now: dt.datetime | None = None) -> Batch:
+    """Fast path decodes the whole batch in one pass (the per-event rules run later, in
+    `pipeline.accept`, which names every failing event). When that decode fails, each event is
+    decoded and checked on its own so that the 400 names every failing event and field, type errors
+    and rule errors alike (`now` is naive UTC, the current time by default)."""
     try:
         return _batch_decoder.decode(body)
     except msgspec.ValidationError:
@@ -235,12 +252,54 @@ def decode_batch(body: bytes) -> Batch:
     except RecursionError:
         raise invalid_payload(form_error=TOO_DEEP) from None
     raw = decode_with(_raw_batch_decoder, body)
+    if now is None:
+        now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     errors = FieldErrors()
+    events = []
     for index, item in enumerate(raw.events):
-        try:
-            _track_decoder.decode(item)
-        except msgspec.ValidationError as exc:
-            path, message = _field_path(exc, f"events.{index}")
-            errors.add(path, message)
+        prefix = f"{_EVENTS}.{index}"
+        event = _decode_event(item, prefix, errors)
+        if event is not None:
+            check_event(event, prefix, now, errors, retention_days)
+            events.append(event)
     errors.raise_if_any()
-    return Batch(events=[_track_decoder.decode(item) for item in raw.events])
+    return Batch(events=events)
+
+
+def _decode_event(raw: msgspec.Raw, prefix: str, errors: FieldErrors) -> TrackEvent | None:
+    """One event of a failed batch, decoded on its own. When it has type errors, one per failing
+    field is added to `errors` and a stand-in holding only its well-typed fields is returned, so
+    that the caller's rule checks still report those; None when it is not even an object."""
+    try:
+        return _track_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        first = _field_path(exc, prefix)
+    try:
+        fields = _object_decoder.decode(raw)
+    except msgspec.ValidationError as exc:  # not an object
+        path, message = _field_path(exc, prefix)
+        errors.add(path, message)
+        return None
+    values: dict[str, Any] = {}
+    failed = False
+    for key, name, required, decoder in _TRACK_FIELDS:
+        value = fields.get(key)
+        if value is None:
+            if required:
+                errors.add(f"{prefix}.{key}", "Required")
+                failed = True
+            continue
+        try:
+            values[name] = decoder.decode(value)
+        except msgspec.ValidationError as exc:
+            path, message = _field_path(exc, f"{prefix}.{key}")
+            errors.add(path, message)
+            failed = True
+    if not failed:  # a failure the per-field pass cannot see: report what the strict decode said
+        errors.add(*first)
+        return None
+    # The stand-in's `event` is "" when missing or ill-typed (no rule applies to it).
+    values.setdefault("event", "")
+    if "properties" in fields:
+        values["properties"] = fields["properties"]
+    return TrackEvent(**values)

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import ua_parser
 
 from millimetric.data import load_data
+from millimetric.events.model import EventRow
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 __all__ = ["Device", "parse_user_agent"]
 

@@ -6,8 +6,8 @@ import hashlib
 import hmac
 from functools import lru_cache
 
+from millimetric.events.model import EventRow
 from millimetric.ingest.visit import Visit
-from millimetric.store.rows import EventRow
 
 
 @lru_cache(maxsize=65536)  # every event of a batch shares its request's visitor

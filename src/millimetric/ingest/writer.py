@@ -12,23 +12,19 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Protocol
 
 from millimetric.errors import ApiError, overloaded
-from millimetric.store.rows import EventRow
+from millimetric.events.model import EventRow
+from millimetric.store.interface import EventStore, StoreOverloaded, StoreTimeout
 
 log = logging.getLogger("millimetric.writer")
-
-
-class EventSink(Protocol):
-    async def append(self, rows: list[EventRow]) -> None: ...
 
 
 _Pending = tuple[list[EventRow], asyncio.Future]
 
 
 class Writer:
-    def __init__(self, sink: EventSink, max_queued_events: int, max_transaction_events: int = 20_000) -> None:
+    def __init__(self, sink: EventStore, max_queued_events: int, max_transaction_events: int = 20_000) -> None:
         self._sink = sink
         self._max_queued = max_queued_events
         self._max_transaction = max_transaction_events
@@ -93,5 +89,7 @@ def _settle(taken: list[_Pending], error: BaseException | None) -> None:
             continue
         if error is None:
             future.set_result(None)
+        elif isinstance(error, (StoreTimeout, StoreOverloaded)):
+            future.set_exception(overloaded())  # wedged or full: nothing was acknowledged, retry later
         else:
             future.set_exception(ApiError("upstream_failed"))

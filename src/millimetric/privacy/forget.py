@@ -8,7 +8,7 @@ import logging
 
 from millimetric.ingest.visit import VisitFactory, user_hash
 from millimetric.store.control import ControlPlane, utcnow
-from millimetric.store.process import EventStoreProcess
+from millimetric.store.interface import EventStore
 
 log = logging.getLogger("millimetric.forget")
 POLL_SECONDS = 5.0
@@ -16,7 +16,7 @@ POLL_SECONDS = 5.0
 
 class ForgetRunner:
     def __init__(
-        self, control: ControlPlane, events: EventStoreProcess, visits: VisitFactory, tombstone_days: int
+        self, control: ControlPlane, events: EventStore, visits: VisitFactory, tombstone_days: int
     ) -> None:
         self._control = control
         self._events = events

@@ -11,14 +11,14 @@ import logging
 from typing import Callable
 
 from millimetric.store.control import ControlPlane, utcnow
-from millimetric.store.process import EventStoreProcess
+from millimetric.store.interface import EventStore
 
 log = logging.getLogger("millimetric.retention")
 RETENTION_SWEEP_SECONDS = 3600.0
 
 
 def enforce_retention(
-    control: ControlPlane, events: EventStoreProcess, now: Callable[[], dt.datetime] = utcnow
+    control: ControlPlane, events: EventStore, now: Callable[[], dt.datetime] = utcnow
 ) -> dict[str, int]:
     """Delete every project's expired events; returns deleted counts by project slug."""
     deleted: dict[str, int] = {}

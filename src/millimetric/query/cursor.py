@@ -1,10 +1,9 @@
 """Opaque, signed page cursors for GET /v1/query.
 
-A cursor pins two things: the newest `seq` the first page could see (a snapshot bound, so events
-committed later never shift the pages) and the (timestamp, seq) of the last row returned (rows sort
-by that pair, newest first). It is bound to the project, time range and filters it was issued for
-and signed with a key derived from the server's pepper, so it cannot be forged or reused with
-another query. Layout: base64url(version | snapshot | timestamp_us | seq | binding) + "." + MAC.
+A cursor carries the position the event store returned for the next page (opaque here: each
+backend encodes its own) and is bound to the project, time range and filters it was issued for.
+It is signed with a key derived from the server's pepper, so it cannot be forged or reused with
+another query. Layout: base64url(version | binding | position) + "." + MAC.
 """
 
 from __future__ import annotations
@@ -13,14 +12,14 @@ import base64
 import binascii
 import hashlib
 import hmac
-import struct
 
+from millimetric.events.queries import RowsPlan
 from millimetric.query.params import invalid
-from millimetric.query.plans import Position, RowsPlan
 
-VERSION = 1
-_BODY = struct.Struct(">Bqqq8s")
+VERSION = 2
+_BINDING_BYTES = 8
 _MAC_BYTES = 16
+_MAX_POSITION_BYTES = 256
 
 
 def _b64(data: bytes) -> str:
@@ -39,13 +38,13 @@ class CursorCodec:
     def _binding(project_id: str, plan: RowsPlan) -> bytes:
         """What must not change between pages: project, range and filters (limit may)."""
         text = repr((project_id, plan.range.start.isoformat(), plan.range.end.isoformat(), tuple(plan.filters)))
-        return hashlib.sha256(text.encode()).digest()[:8]
+        return hashlib.sha256(text.encode()).digest()[:_BINDING_BYTES]
 
     def _mac(self, body: bytes) -> bytes:
         return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
 
-    def encode(self, project_id: str, plan: RowsPlan, snapshot_seq: int, last: Position) -> str:
-        body = _BODY.pack(VERSION, snapshot_seq, last.timestamp_us, last.seq, self._binding(project_id, plan))
+    def encode(self, project_id: str, plan: RowsPlan, position: bytes) -> str:
+        body = bytes([VERSION]) + self._binding(project_id, plan) + position
         return f"{_b64(body)}.{_b64(self._mac(body))}"
 
     def apply(self, token: str, project_id: str, plan: RowsPlan) -> RowsPlan:
@@ -55,11 +54,12 @@ class CursorCodec:
             body, mac = _unb64(body_text), _unb64(mac_text)
         except (ValueError, binascii.Error):
             raise invalid("cursor", "malformed") from None
-        if len(body) != _BODY.size or not hmac.compare_digest(mac, self._mac(body)):
+        if not 1 + _BINDING_BYTES < len(body) <= 1 + _BINDING_BYTES + _MAX_POSITION_BYTES:
             raise invalid("cursor", "malformed")
-        version, snapshot, timestamp_us, seq, binding = _BODY.unpack(body)
-        if version != VERSION:
+        if not hmac.compare_digest(mac, self._mac(body)):
+            raise invalid("cursor", "malformed")
+        if body[0] != VERSION:
             raise invalid("cursor", "from an older server version; start again without cursor")
-        if not hmac.compare_digest(binding, self._binding(project_id, plan)):
+        if not hmac.compare_digest(body[1 : 1 + _BINDING_BYTES], self._binding(project_id, plan)):
             raise invalid("cursor", "issued for another project, time range or filter set")
-        return plan._replace(snapshot_seq=snapshot, after=Position(timestamp_us, seq))
+        return plan._replace(after=body[1 + _BINDING_BYTES :])

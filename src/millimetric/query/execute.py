@@ -1,6 +1,6 @@
 """Run a validated plan against the event store and shape the JSON answer of each read endpoint.
 
-Blocking (they wait on the store process): the API calls these in a worker thread.
+Blocking (they wait on the event store): the API calls these in a worker thread.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ import datetime as dt
 import zoneinfo
 from typing import Any
 
+from millimetric.events.queries import ROW_FIELDS, UTC, RowsPlan, SourcesPlan, StatsPlan
 from millimetric.query.cursor import CursorCodec
-from millimetric.query.plans import UTC, Position, RowsPlan, SourcesPlan, StatsPlan
-from millimetric.store import duckdb_reads
-from millimetric.store.process import EventStoreProcess
+from millimetric.store.interface import EventStore
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -32,19 +31,14 @@ def iso_local(timestamp_us: int, tz: str) -> str:
     return value.astimezone(zoneinfo.ZoneInfo(tz)).isoformat(timespec="seconds")
 
 
-def events_page(store: EventStoreProcess, codec: CursorCodec, project_id: str, plan: RowsPlan) -> dict[str, Any]:
-    rows, snapshot = store.rows(project_id, plan)
-    page = rows[: plan.limit]
-    next_cursor = None
-    if len(rows) > plan.limit:
-        last = page[-1]
-        next_cursor = codec.encode(project_id, plan, snapshot, Position(last[0], last[1]))
-    fields = duckdb_reads.ROW_FIELDS
-    answer = [dict(zip(fields, (iso_utc(row[0]), *row[2:]))) for row in page]
+def events_page(store: EventStore, codec: CursorCodec, project_id: str, plan: RowsPlan) -> dict[str, Any]:
+    page = store.rows(project_id, plan)
+    next_cursor = codec.encode(project_id, plan, page.next) if page.next is not None else None
+    answer = [dict(zip(ROW_FIELDS, (iso_utc(row[0]), *row[1:]))) for row in page.rows]
     return {"rows": answer, "next_cursor": next_cursor}
 
 
-def stats(store: EventStoreProcess, project_id: str, plan: StatsPlan) -> dict[str, Any]:
+def stats(store: EventStore, project_id: str, plan: StatsPlan) -> dict[str, Any]:
     rows = store.stats(project_id, plan)
     names = [*plan.group_by, *(["bucket"] if plan.interval else []), "value"]
     answer = []
@@ -56,14 +50,12 @@ def stats(store: EventStoreProcess, project_id: str, plan: StatsPlan) -> dict[st
     return {"metric": plan.metric, "approximate": False, "rows": answer}
 
 
-def sources(store: EventStoreProcess, project_id: str, plan: SourcesPlan) -> dict[str, Any]:
-    rows = store.sources(project_id, plan)
+def sources(store: EventStore, project_id: str, plan: SourcesPlan) -> dict[str, Any]:
     answer = []
-    for row in rows:
-        *groups, events, uniques, paid = row
-        item: dict[str, Any] = {"source": groups[0]}
+    for row in store.sources(project_id, plan):
+        item: dict[str, Any] = {"source": row.source}
         if plan.breakdown == "source_medium":
-            item["medium"] = groups[1]
-        item.update(events=events, uniques=uniques, paid_share=paid / events)
+            item["medium"] = row.medium
+        item.update(events=row.events, uniques=row.uniques, paid_share=row.paid_events / row.events)
         answer.append(item)
     return {"breakdown": plan.breakdown, "rows": answer}

@@ -13,7 +13,7 @@ from functools import cache
 from typing import Mapping
 
 from millimetric.errors import ApiError
-from millimetric.query.plans import (
+from millimetric.events.queries import (
     BREAKDOWNS,
     FILTERS,
     GROUP_BY,

@@ -1,8 +1,11 @@
-"""The shape of one stored event: every column of SPEC section 5's row, in table order."""
+"""How rows travel from a server process to the store process and sit in its journal.
+
+`PAYLOAD_FORMAT` versions the encoding: every journal frame records the format of its payload, so
+a store can replay a journal an older release wrote, and refuses one from a newer release.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 from typing import Iterable
 
@@ -10,35 +13,14 @@ import msgspec
 import pyarrow as pa
 import pyarrow.ipc
 
+from millimetric.events.model import COLUMNS, EventRow
 
-class EventRow(msgspec.Struct, gc=False):
-    """Built by the ingest pipeline, written by an event store. `seq` is assigned by the store."""
+# 1: two Arrow IPC messages, every string column end to end in one array, then the timestamps.
+PAYLOAD_FORMAT = 1
 
-    project_id: str
-    timestamp: dt.datetime  # naive UTC
-    event_name: str
-    event_id: str | None = None
-    anonymous_id: str = ""
-    user_id: str | None = None
-    session_id: str | None = None  # as sent; None: the store derives it (a virtual column)
-    source: str = ""
-    medium: str = ""
-    campaign: str | None = None
-    source_confidence: str = ""
-    source_rule_id: str = ""
-    referrer: str | None = None
-    url: str | None = None
-    path: str | None = None
-    country: str = ""
-    device_type: str = ""
-    browser: str = ""
-    os: str = ""
-    ip_hash: str = ""
-    properties: str = "{}"  # compact JSON text
+class PayloadFormatError(RuntimeError):
+    """Rows encoded by a newer release: refused (not quarantined), so nothing is lost on a downgrade."""
 
-
-COLUMNS: tuple[str, ...] = EventRow.__struct_fields__
-IDENTIFY_EVENT = "$identify"  # the row an identify stores; reads and forget stitch identities by it
 
 # Rows cross the pipe to the store process and sit in its journal in Arrow's IPC format: the store
 # hands them to DuckDB without parsing them again (JSON lines cost it 4-5 us per row to read).
@@ -63,12 +45,17 @@ def encode_rows(rows: list[EventRow]) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def decode_rows(payloads: Iterable[bytes]) -> pa.Table:
-    """The rows of many `encode_rows` payloads, as one table (zero-copy: no row is parsed)."""
-    return pa.Table.from_batches([_decode(payload) for payload in payloads], schema=ARROW_SCHEMA)
+def decode_rows(payloads: Iterable[tuple[bytes, int]]) -> pa.Table:
+    """The rows of many (payload, payload format) pairs, as one table (zero-copy: no row is parsed)."""
+    return pa.Table.from_batches([_decode(payload, version) for payload, version in payloads], schema=ARROW_SCHEMA)
 
 
-def _decode(payload: bytes) -> pa.RecordBatch:
+def _decode(payload: bytes, payload_format: int) -> pa.RecordBatch:
+    if payload_format != PAYLOAD_FORMAT:
+        raise PayloadFormatError(
+            f"a journal frame holds rows payload format {payload_format}, unknown to this build ({PAYLOAD_FORMAT}): "
+            "it was written by a newer millimetric; run that version"
+        )
     reader = pa.BufferReader(pa.py_buffer(payload))
     strings = pa.ipc.read_record_batch(pa.ipc.read_message(reader), _STRINGS).column(0)
     timestamps = pa.ipc.read_record_batch(pa.ipc.read_message(reader), _TIMESTAMPS).column(0)

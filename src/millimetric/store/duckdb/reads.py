@@ -9,27 +9,31 @@ parameter. Results are plain tuples; `millimetric.query.execute` turns them into
 from __future__ import annotations
 
 import datetime as dt
+import struct
 from typing import Any
 
 import duckdb
 
-from millimetric.query.plans import (
+from millimetric.events.model import IDENTIFY_EVENT
+from millimetric.events.queries import (
+    BREAKDOWNS,
+    FILTERS,
+    GROUP_BY,
+    INTERVALS,
+    METRICS,
+    ROW_FIELDS,
     UTC,
     Filters,
+    RowsPage,
     RowsPlan,
+    SourceRow,
     SourcesPlan,
+    StatRow,
     StatsPlan,
     TimeRange,
+    require_mapping,
 )
-from millimetric.store.duckdb_rollup import BREAKDOWN_TABLES, covered_seq, transaction
-from millimetric.store.rows import IDENTIFY_EVENT
-
-# Raw row fields in SPEC section 5 order (timestamp is selected as epoch microseconds).
-ROW_FIELDS = (
-    "timestamp", "event_id", "event_name", "anonymous_id", "user_id", "session_id", "source", "medium", "campaign",
-    "source_confidence", "source_rule_id", "referrer", "url", "path", "country", "device_type", "browser", "os",
-    "properties",
-)
+from millimetric.store.duckdb.rollup import BREAKDOWN_TABLES, covered_seq, transaction
 
 _REFERRER_HOST = (
     r"""nullif(lower(regexp_extract(referrer, """
@@ -62,6 +66,12 @@ _FILTER_SQL = {
     "country": "country = $country",
     "session_id": "session_id = $session_id",
 }
+_STITCHED_FILTER = "user_id"  # applied through `_STITCHED` below, not a plain equality
+require_mapping("DuckDB", "group_by columns", GROUP_SQL, GROUP_BY)
+require_mapping("DuckDB", "metrics", METRIC_SQL, METRICS)
+require_mapping("DuckDB", "intervals", _UNIT_SQL, INTERVALS)
+require_mapping("DuckDB", "filters", [*_FILTER_SQL, _STITCHED_FILTER], FILTERS)
+require_mapping("DuckDB", "breakdowns", BREAKDOWN_TABLES, BREAKDOWNS)
 _IN_RANGE = 'project_id = $project_id AND "timestamp" >= $start AND "timestamp" < $end'
 # The user_id filter stitches identities: that user's own events, plus every event whose
 # anonymous_id an `$identify` linked to the user (in any time range).
@@ -105,45 +115,64 @@ def _selection(project_id: str, time_range: TimeRange, filters: Filters) -> tupl
             conditions.append(condition)
             params[name] = value
     with_clause = ""
-    if filters.user_id is not None:
+    if getattr(filters, _STITCHED_FILTER) is not None:
         with_clause = f"WITH {_STITCHED}"
         conditions.append("seq IN (SELECT seq FROM stitched)")
         params.update(user_id=filters.user_id, identify=IDENTIFY_EVENT)
     return with_clause, " AND ".join(conditions), params
 
 
-def select_rows(cur: duckdb.DuckDBPyConnection, project_id: str, plan: RowsPlan) -> tuple[list[tuple], int]:
-    """Up to `limit + 1` rows (the extra one says whether a next page exists) and the snapshot seq.
+# A page position: where the previous page ended, (timestamp, seq), and the newest seq the first
+# page could see (a snapshot bound, so events stored later never shift the pages).
+_POSITION = struct.Struct(">Bqqq")
+_POSITION_VERSION = 1
 
-    Each row is (timestamp_us, seq, *ROW_FIELDS[1:]). The first page pins the newest seq visible
-    to this statement; later pages only see rows at or below it, so inserts never shift pages.
+
+def _position(snapshot_seq: int, timestamp_us: int, seq: int) -> bytes:
+    return _POSITION.pack(_POSITION_VERSION, snapshot_seq, timestamp_us, seq)
+
+
+def _read_position(position: bytes) -> tuple[int, int, int]:
+    if len(position) != _POSITION.size or position[0] != _POSITION_VERSION:
+        raise ValueError("not a page position of this event store")
+    _, snapshot_seq, timestamp_us, seq = _POSITION.unpack(position)
+    return snapshot_seq, timestamp_us, seq
+
+
+def select_rows(cur: duckdb.DuckDBPyConnection, project_id: str, plan: RowsPlan) -> RowsPage:
+    """Up to `limit` rows, newest first by (timestamp, seq), and the position after the last.
+
+    The first page pins the newest seq visible to this statement; later pages only see rows at or
+    below it, so inserts never shift pages.
     """
     with_clause, where, params = _selection(project_id, plan.range, plan.filters)
-    params["limit"] = plan.limit + 1
-    if plan.snapshot_seq is None:
+    params["limit"] = plan.limit + 1  # the extra row says whether a next page exists
+    if plan.after is None:
         snapshot = "(SELECT coalesce(max(seq), 0) FROM events)"
     else:
+        snapshot_seq, after_us, after_seq = _read_position(plan.after)
         snapshot = "$snapshot"
-        params["snapshot"] = plan.snapshot_seq
-        where += " AND seq <= $snapshot"
-    if plan.after is not None:
         where += (
-            ' AND "timestamp" <= make_timestamp($after_us)'
+            ' AND seq <= $snapshot AND "timestamp" <= make_timestamp($after_us)'
             ' AND ("timestamp" < make_timestamp($after_us) OR seq < $after_seq)'
         )
-        params.update(after_us=plan.after.timestamp_us, after_seq=plan.after.seq)
+        params.update(snapshot=snapshot_seq, after_us=after_us, after_seq=after_seq)
     columns = ", ".join(f'"{name}"' for name in ROW_FIELDS[1:])
     sql = f"""{with_clause}
-        SELECT epoch_us("timestamp"), seq, {columns}, {snapshot} AS snapshot
+        SELECT epoch_us("timestamp"), {columns}, seq, {snapshot} AS snapshot
         FROM events WHERE {where}
         ORDER BY "timestamp" DESC, seq DESC
         LIMIT $limit"""
     result = cur.execute(sql, params).fetchall()
-    snapshot_seq = plan.snapshot_seq if plan.snapshot_seq is not None else (result[0][-1] if result else 0)
-    return [row[:-1] for row in result], snapshot_seq
+    page = result[: plan.limit]
+    position = None
+    if len(result) > plan.limit:
+        last = page[-1]
+        position = _position(last[-1], last[0], last[-2])
+    return RowsPage([row[:-2] for row in page], position)
 
 
-def select_stats(cur: duckdb.DuckDBPyConnection, project_id: str, plan: StatsPlan) -> list[tuple]:
+def select_stats(cur: duckdb.DuckDBPyConnection, project_id: str, plan: StatsPlan) -> list[StatRow]:
     """Rows of (*group values, [bucket_us], value), sorted by bucket, value desc, then groups."""
     with_clause, where, params = _selection(project_id, plan.range, plan.filters)
     params["limit"] = plan.limit
@@ -179,8 +208,8 @@ def rolled_up_days(time_range: TimeRange) -> tuple[dt.date, dt.date]:
     return (first, end) if (end - first).days >= ROLLUP_MIN_DAYS else (first, first)
 
 
-def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: SourcesPlan) -> list[tuple]:
-    """Rows of (source, [medium], events, uniques, paid events), most events first.
+def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
+    """Events, visitors and paid events per source (and medium), most events first.
 
     Whole UTC days come from the rollup (`duckdb_rollup`); the `edge` events are the rest: partial
     days at the range's ends, and events the rollup does not hold yet. A visitor is counted once:
@@ -232,4 +261,7 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
             "project_id": project_id, "start": plan.range.start, "end": plan.range.end, "covered": covered_seq(cur),
             "first_day": first_day, "end_day": end_day, "limit": plan.limit,
         }
-        return cur.execute(sql, params).fetchall()
+        rows = cur.execute(sql, params).fetchall()
+    if plan.breakdown == "source_medium":
+        return [SourceRow(*row) for row in rows]
+    return [SourceRow(source, None, events, uniques, paid) for source, events, uniques, paid in rows]

@@ -1,0 +1,1 @@
+"""The event model and the query vocabulary, defined once for every layer and every backend."""

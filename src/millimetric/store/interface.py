@@ -1,0 +1,61 @@
+"""The event-store interface: every write, read and delete the API, the CLI and the chores make.
+
+Backends (`millimetric.store.duckdb` today) implement `EventStore`; `millimetric.store.factory`
+picks one from the settings. Nothing above `store/` names a backend. One contract test suite
+(`tests/test_store_contract.py`) holds every backend to the same answers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Protocol, Sequence
+
+from millimetric.events.model import EventRow
+from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
+
+
+class StoreError(RuntimeError):
+    """The store refused an operation or cannot be reached (the API answers 502)."""
+
+
+class StoreTimeout(StoreError):
+    """The store did not answer in time: it is wedged or overloaded (ingest answers 503)."""
+
+
+class StoreOverloaded(StoreError):
+    """The store refuses new events until it has written the ones it holds (ingest answers 503)."""
+
+
+class EventStore(Protocol):
+    """Blocking calls, except `append`: call them off the event loop. Each has a timeout and
+    raises `StoreError` (or a subclass) instead of hanging."""
+
+    async def append(self, rows: Sequence[EventRow]) -> None:
+        """Return once every row is durable (a crash after it loses none). One call at a time."""
+
+    def rows(self, project_id: str, plan: RowsPlan) -> RowsPage:
+        """Raw rows newest first, `plan.limit` at most, after `plan.after` when set."""
+
+    def stats(self, project_id: str, plan: StatsPlan) -> list[StatRow]:
+        """The metric per group (and bucket); see `StatRow` for order."""
+
+    def sources(self, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
+        """Events, unique visitors and paid events per source (and medium), most events first."""
+
+    def delete_user(self, project_id: str, user_id: str) -> int:
+        """Delete the user's events, their `$identify` rows and every event of an anonymous_id an
+        identify linked to them; returns how many rows went. Every event acknowledged before the
+        call is covered."""
+
+    def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
+        """Delete the project's events older than `cutoff` (naive UTC); returns how many."""
+
+    def ping(self) -> None:
+        """Raise unless the store answers within a few seconds."""
+
+    def status(self) -> dict[str, Any]:
+        """What an operator wants to know: backend, format version, events waiting to be written,
+        quarantined data (`millimetric doctor`, `/healthz`)."""
+
+    def close(self) -> None:
+        """Make every acknowledged event durable in the store proper and release it."""
