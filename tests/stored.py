@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 
+from millimetric.settings import EVENTS_FILE
 from millimetric.store.duckdb.client import DuckDBEventStore
 
 
@@ -15,8 +16,7 @@ def query_stored(store: object, sql: str, params: list | None = None) -> tuple[l
     """(column names, rows) of one statement over a fresh backup of `store`."""
     assert isinstance(store, DuckDBEventStore), "stored rows can be read from the embedded store only"
     with tempfile.TemporaryDirectory() as directory:
-        copy = Path(directory) / "events.duckdb"
-        store.backup(copy)
-        with duckdb.connect(str(copy), read_only=True) as con:
+        store.backup(Path(directory))
+        with duckdb.connect(str(Path(directory) / EVENTS_FILE), read_only=True) as con:
             result = con.execute(sql, params or [])
             return [d[0] for d in result.description], result.fetchall()

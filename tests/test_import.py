@@ -58,18 +58,27 @@ def test_import_stores_valid_lines_and_reports_rejected_ones(tmp_path, server_fa
     assert (signup["source"], signup["medium"], signup["country"], signup["browser"]) == ("google", "paid", "US", "chrome")
 
 
-def test_import_reads_stdin_and_refuses_while_a_server_holds_the_store(tmp_path, server_factory):
+def test_import_reads_stdin_and_hands_its_rows_to_a_running_server(tmp_path, server_factory):
+    """While `millimetric serve` owns the data directory, import gives it the rows: live ingest
+    goes on, and the server reads the imported events at once."""
     data_dir = tmp_path / "data"
-    cli_project(data_dir)
+    keys = cli_project(data_dir)
     lines = "".join(json.dumps({"event": "x", "timestamp": f"2024-01-02T00:00:{i:02d}Z"}) + "\n" for i in range(60))
     result = run_import(data_dir, "-", "--project", "shop", "--json", stdin=lines * 50)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"lines": 3000, "stored": 3000, "dropped": {}, "rejected": 0,
                                          "rejects_file": None}
     server = server_factory(data_dir)
-    result = run_import(data_dir, "-", "--project", "shop", stdin=lines)
-    assert result.returncode == 1
-    assert "stop it and retry" in result.stderr and "millimetric serve" in result.stderr
+    live = httpx.post(f"{server.url}/v1/track", json={"event": "live", "timestamp": "2024-01-02T00:01:00Z"},
+                      headers=bearer(keys.sk))
+    assert live.status_code == 202
+    result = run_import(data_dir, "-", "--project", "shop", "--json", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stored"] == 60
+    stats = httpx.get(f"{server.url}/v1/stats", params={"from": "2024-01-01", "to": "2024-01-03", "group_by": "event_name"},
+                      headers=bearer(keys.rk))
+    assert stats.json()["rows"] == [{"event_name": "x", "value": 3060}, {"event_name": "live", "value": 1}]
+    assert httpx.post(f"{server.url}/v1/track", json={"event": "live"}, headers=bearer(keys.sk)).status_code == 202
     server.stop()
 
 

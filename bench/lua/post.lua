@@ -1,11 +1,15 @@
--- wrk script for bench/ingest.py: POST JSON bodies with a bearer key, report figures as JSON.
+-- wrk script for bench/ingest.py and bench/delete.py: POST JSON bodies with a bearer key, report
+-- figures as JSON.
 --
---   wrk -t1 -c64 -d10s -s bench/lua/post.lua http://127.0.0.1:PORT/v1/track -- TOKEN BODIES.jsonl
+--   wrk -t1 -c64 -d10s -s bench/lua/post.lua http://127.0.0.1:PORT/v1/track -- TOKEN BODIES.jsonl [DELAY_MS]
 --
 -- BODIES.jsonl holds one request body per line. Every request of a thread cycles through them:
 -- the requests are pre-built in init(), so request() only returns a string (cheap next to the
 -- server's work). With a single line, wrk's static-request fast path is used (no request()).
 -- done() prints one line `WRK_JSON {...}` that bench/ingest.py parses.
+-- DELAY_MS (optional) paces the load: each connection waits that long after a response before it
+-- sends its next request (wrk's delay() hook; the wait is not part of the measured latency), so
+-- C connections send at most about C * 1000 / DELAY_MS requests/s.
 
 local token, bodies_path = nil, nil
 local requests_pool, pool_size, next_index, first_body = {}, 0, 0, nil
@@ -14,6 +18,10 @@ function init(args)
   token, bodies_path = args[1], args[2]
   if not token or not bodies_path then
     error("usage: wrk ... -s post.lua URL -- TOKEN BODIES.jsonl")
+  end
+  local delay_ms = tonumber(args[3] or "")
+  if delay_ms and delay_ms > 0 then
+    delay = function() return delay_ms end
   end
   wrk.method = "POST"
   wrk.headers["Authorization"] = "Bearer " .. token

@@ -6,6 +6,7 @@ stdout; notes and progress go to stderr.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -386,3 +387,50 @@ def import_events(
     err.print(f"{outcome.lines:,} lines: stored {outcome.stored:,}, dropped {dropped}, rejected {outcome.rejected:,}")
     if outcome.rejected:
         err.print(f"Rejected lines and their errors: {rejects_path}")
+
+
+@app.command("backup")
+def backup_command(
+    target: Annotated[Path, typer.Argument(help="A new (or empty) directory for the copy.")],
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Copy the data directory, consistent, while the server runs. Restore: serve from the copy."""
+    from millimetric.operations.backup import BackupError, backup
+    from millimetric.store.interface import StoreError
+
+    settings = Settings.from_env(data_dir=data_dir, database_url=database_url)
+    try:
+        summary = backup(settings, target, note=lambda text: err.print(f"{text}...", highlight=False))
+    except (BackupError, StoreError) as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(dataclasses.asdict(summary)))
+    err.print(f"Backed up {summary.events:,} events to {summary.target}", highlight=False)
+    err.print(f"control plane: {summary.control_plane}; pepper: {summary.pepper}", highlight=False, soft_wrap=True)
+    if summary.quarantined_files:
+        err.print(f"{summary.quarantined_files} quarantined journal files copied too", highlight=False)
+    err.print(f"Restore: millimetric serve --data-dir {summary.target}", highlight=False)
+
+
+@app.command()
+def doctor(as_json: AsJson = False, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
+    """Check the configuration, the stores, their versions and the services; exit 1 if anything fails."""
+    from millimetric.operations.doctor import Finding, diagnose
+
+    try:
+        settings = Settings.from_env(data_dir=data_dir, database_url=database_url)
+        findings = diagnose(settings)
+    except ValueError as exc:
+        findings = [Finding("fail", "configuration", f"the MILLIMETRIC_* settings do not parse: {exc}")]
+    if as_json:
+        print(json.dumps({"ok": all(f.level != "fail" for f in findings), "checks": [f._asdict() for f in findings]}))
+    else:
+        styles = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for finding in findings:
+            err.print(f"[{styles[finding.level]}]{finding.level:>4}[/] {finding.check}: ", end="")
+            err.print(finding.message, markup=False, highlight=False, soft_wrap=True)
+    if any(f.level == "fail" for f in findings):
+        raise typer.Exit(1)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 PEPPER_FILE = "pepper"
+EVENTS_FILE = "events.duckdb"  # the embedded event store, in the data directory
+CONTROL_FILE = "control.sqlite3"  # the embedded control plane
 
 
 def _env_bool(value: str) -> bool:
@@ -80,11 +82,11 @@ class Settings:
 
     @property
     def control_plane_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'control.sqlite3').resolve()}"
+        return self.database_url or f"sqlite:///{(self.data_dir / CONTROL_FILE).resolve()}"
 
     @property
     def event_store_path(self) -> Path:
-        return self.data_dir / "events.duckdb"
+        return self.data_dir / EVENTS_FILE
 
     def resolved_pepper(self) -> str:
         """The key pepper: configured, or generated once and kept in the data directory."""

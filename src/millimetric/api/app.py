@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import inspect
 import logging
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,13 +22,14 @@ from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError, overloaded
+from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
 
 log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
-TOMBSTONE_REFRESH_SECONDS = 5.0
+T = TypeVar("T")
 
 ROUTES = [
     Route("/v1/track", ingest.track, methods=["POST"]),
@@ -72,12 +74,31 @@ async def _http_error(_request: Request, exc: Exception) -> Response:
     return error_response(ApiError(code, headers=dict(exc.headers or {})))
 
 
-async def _every(seconds: float, chore: Callable[[], object], what: str, first_after: float | None = None) -> None:
-    """Run a blocking chore periodically, off the event loop, surviving failures."""
+async def _in_thread(chore: Callable[[], T]) -> T:
+    """`asyncio.to_thread`, except that a cancellation (shutdown) lets the thread end first, so
+    that the stores are not closed under it."""
+    running = asyncio.ensure_future(asyncio.to_thread(chore))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        await asyncio.wait([running])
+        raise
+
+
+async def _every(
+    seconds: float, chore: Callable[[], object] | Callable[[], Awaitable[object]], what: str,
+    first_after: float | None = None,
+) -> None:
+    """Run a chore periodically, surviving failures: a blocking one in a thread, off the event
+    loop; a coroutine function (one that does its blocking part in a thread itself) on the loop."""
+    on_loop = inspect.iscoroutinefunction(chore)
     await asyncio.sleep(seconds if first_after is None else first_after)
     while True:
         try:
-            await asyncio.to_thread(chore)
+            if on_loop:
+                await chore()  # type: ignore[misc]
+            else:
+                await _in_thread(chore)
         except Exception:
             log.exception("could not %s", what)
         await asyncio.sleep(seconds)
@@ -98,9 +119,13 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
         # Requests allocate many short-lived objects; collect the young generation less often.
         gc.set_threshold(50_000, 20, 20)
         background = [
-            asyncio.create_task(_every(COUNTERS_FLUSH_SECONDS, services.flush_counters, "record counters")),
+            asyncio.create_task(_every(COUNTERS_FLUSH_SECONDS, services.record_counters, "record counters")),
             asyncio.create_task(
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
+            ),
+            # Services.open prepared today's and tomorrow's salts; keep them a day ahead.
+            asyncio.create_task(
+                _every(SALT_PREPARE_SECONDS, services.visits.prepare_salts, "prepare the daily salts")
             ),
         ]
         if chores:
@@ -116,9 +141,15 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
         finally:
             for task in background:
                 task.cancel()
+            # Let chores caught mid-write (counters, a forget job, a sweep) end before the stores close.
+            await asyncio.gather(*background, return_exceptions=True)
             if services.limiter is not None:
                 await services.limiter.close()
             await services.writer.close()  # nothing accepted is dropped on shutdown
+            try:
+                await services.record_counters()  # taken on the loop; `close` writes anything left
+            except Exception:
+                log.exception("could not record counters")
             await asyncio.to_thread(services.close)
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 

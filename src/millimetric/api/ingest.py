@@ -32,9 +32,9 @@ async def _json_body(request: Request, limit: int) -> bytes:
     return await read_body(request, limit)
 
 
-def _visit(request: Request, services: Services, principal: Principal) -> Visit:
+async def _visit(request: Request, services: Services, principal: Principal) -> Visit:
     assert principal.project is not None  # ingest kinds are project keys
-    return services.visits.visit(
+    return await services.visits.visit_async(
         principal.project,
         ip=client_ip(request, services.trusted_proxies),
         user_agent=request.headers.get("user-agent", ""),
@@ -51,9 +51,8 @@ def _proxy_country(request: Request, services: Services) -> str:
 
 
 def _rows(
-    request: Request, services: Services, principal: Principal, events: list[schemas.TrackEvent], prefix: str | None
+    base: Visit, services: Services, principal: Principal, events: list[schemas.TrackEvent], prefix: str | None
 ) -> list[EventRow]:
-    base = _visit(request, services, principal)
     # Server-side senders (sk_ only) forward their visitor's IP and User-Agent in `context`.
     trusted = principal.key.kind == "sk"
     visits = [base.with_context(event.context) if trusted else base for event in events]
@@ -66,7 +65,8 @@ def _rows(
 async def track(request: Request) -> Response:
     services, principal = await _authorised(request, "/v1/track")
     event = schemas.decode_track(await _json_body(request, schemas.TRACK_BODY_LIMIT))
-    await services.writer.write(_rows(request, services, principal, [event], None))
+    base = await _visit(request, services, principal)
+    await services.writer.write(_rows(base, services, principal, [event], None))
     return json_response({"ok": True, "event_id": event.event_id}, 202)
 
 
@@ -74,7 +74,8 @@ async def batch(request: Request) -> Response:
     services, principal = await _authorised(request, "/v1/batch")
     retention = principal.project.retention_days if principal.project else None
     body = schemas.decode_batch(await _json_body(request, schemas.BATCH_BODY_LIMIT), retention)
-    await services.writer.write(_rows(request, services, principal, body.events, "events"))
+    base = await _visit(request, services, principal)
+    await services.writer.write(_rows(base, services, principal, body.events, "events"))
     return json_response({"ok": True, "count": len(body.events)}, 202)
 
 
@@ -85,7 +86,7 @@ async def identify(request: Request) -> Response:
     traits = schemas.encode_object(body.traits, "traits", errors)
     errors.raise_if_any()
     event = schemas.TrackEvent(event=schemas.IDENTIFY_EVENT, anonymous_id=body.anonymous_id, user_id=body.user_id)
-    visit = _visit(request, services, principal)
+    visit = await _visit(request, services, principal)
     kept, dropped = pipeline.run([(pipeline.new_row(event, traits, visit), visit)], services.steps)
     services.count_dropped(visit.project_id, dropped)
     await services.writer.write(kept)

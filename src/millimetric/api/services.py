@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import datetime as dt
 from collections import Counter
 
 from millimetric.api.client import Network, parse_networks
@@ -59,11 +61,45 @@ class Services:
         for reason, n in reasons.items():
             self.dropped[(project_id, reason)] += n
 
+    async def record_counters(self) -> None:
+        """The periodic write of coalesced bookkeeping (key last-use times, dropped-event counts).
+
+        Requests update them on the event loop, so they are taken here, on the loop, in one go
+        (nothing can land in what was taken); only the database write runs in a thread. A failed
+        write puts them back for the next one. Cancelled (shutdown), it still lets the write end,
+        so that `close` writes what is left, not a second copy."""
+        last_used, dropped = self.keys.take_last_used(), self._take_dropped()
+        if not last_used and not dropped:
+            return
+        write = asyncio.ensure_future(asyncio.to_thread(self._write_counters, last_used, dropped))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            if write.exception() is not None:
+                self._restore_counters(last_used, dropped)
+            raise
+        except Exception:
+            self._restore_counters(last_used, dropped)
+            raise
+
     def flush_counters(self) -> None:
-        """Write coalesced bookkeeping (key last-use times, dropped-event counts)."""
-        self.keys.flush_last_used()
+        """Blocking take-and-write, for when no request updates the counters (shutdown, tests,
+        scripts); while the app serves, `record_counters` does it on the loop."""
+        self._write_counters(self.keys.take_last_used(), self._take_dropped())
+
+    def _take_dropped(self) -> Counter[tuple[str, str]]:
         pending, self.dropped = self.dropped, Counter()
-        self.control.add_dropped(dict(pending))
+        return pending
+
+    def _restore_counters(self, last_used: dict[str, dt.datetime], dropped: Counter[tuple[str, str]]) -> None:
+        self.keys.restore_last_used(last_used)
+        self.dropped.update(dropped)
+
+    def _write_counters(self, last_used: dict[str, dt.datetime], dropped: Counter[tuple[str, str]]) -> None:
+        self.keys.write_last_used(last_used)
+        if dropped:
+            self.control.add_dropped(dict(dropped))
 
     def close(self) -> None:
         """After `await writer.close()`, which makes every accepted event durable."""

@@ -18,7 +18,7 @@ import msgspec
 from millimetric.errors import ApiError
 from millimetric.events.model import EventRow
 from millimetric.ingest import pipeline, schemas
-from millimetric.ingest.visit import VisitFactory
+from millimetric.ingest.visit import Visit, VisitFactory
 from millimetric.ingest.writer import Writer
 from millimetric.store.control import Project
 
@@ -102,9 +102,8 @@ class Backfill:
         text = line.decode("utf-8", "replace").rstrip("\r\n")
         self._on_rejected(Rejected(number, error.code, error.details, text))
 
-    def _accept(self, batch: list[tuple[int, bytes, schemas.TrackEvent]]) -> list[EventRow]:
+    def _accept(self, base: Visit, batch: list[tuple[int, bytes, schemas.TrackEvent]]) -> list[EventRow]:
         """Enriched rows of the batch's valid lines; lines failing the API's checks are rejected."""
-        base = self._visits.visit(self._project, ip="", user_agent="", request_host="")
         while batch:
             events = [event for _, _, event in batch]
             try:
@@ -126,7 +125,8 @@ class Backfill:
         return []
 
     async def _submit(self, batch: list[tuple[int, bytes, schemas.TrackEvent]], in_flight: set[asyncio.Task]) -> None:
-        rows = self._accept(batch)
+        base = await self._visits.visit_async(self._project, ip="", user_agent="", request_host="")
+        rows = self._accept(base, batch)
         if not rows:
             return
         while len(in_flight) >= IN_FLIGHT_BATCHES:

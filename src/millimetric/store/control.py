@@ -47,10 +47,13 @@ class ForgetJob(NamedTuple):
     id: str
     project_id: str
     user_id: str | None
-    status: str  # queued | running | done | failed
+    status: str  # queued | running | done | failed (the last attempt failed; retried at next_attempt_at)
     deleted_rows: int
     created_at: dt.datetime
     finished_at: dt.datetime | None
+    attempts: int = 0
+    last_error: str | None = None  # of the latest failed attempt; never holds the user id
+    next_attempt_at: dt.datetime | None = None  # when a failed job is tried again
 
 
 class StoredKey(NamedTuple):
@@ -120,7 +123,8 @@ def _project(row: Any) -> Project:
 def _job(row: Any) -> ForgetJob:
     return ForgetJob(
         row.id, row.project_id, row.user_id, row.status, row.deleted_rows,
-        _aware(row.created_at), _aware(row.finished_at),
+        _aware(row.created_at), _aware(row.finished_at), row.attempts, row.last_error,
+        _aware(row.next_attempt_at),
     )
 
 
@@ -313,19 +317,38 @@ class ControlPlane:
         return _job(row) if row else None
 
     def unfinished_forget_jobs(self) -> list[ForgetJob]:
-        """Queued jobs, and running ones a crash interrupted (deletion is idempotent)."""
+        """Queued jobs, failed ones (to retry), and running ones a crash interrupted (deletion is
+        idempotent), oldest first."""
         with self.engine.connect() as conn:
             return [_job(r) for r in conn.execute(
-                sa.select(forget_jobs).where(forget_jobs.c.status.in_(("queued", "running")))
+                sa.select(forget_jobs).where(forget_jobs.c.status.in_(("queued", "running", "failed")))
                 .order_by(forget_jobs.c.created_at)
             )]
+
+    def start_forget_attempt(self, job_id: str) -> None:
+        """The job is running: one more attempt."""
+        with self.engine.begin() as conn:
+            conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(
+                status="running", attempts=forget_jobs.c.attempts + 1, next_attempt_at=None,
+            ))
+
+    def fail_forget_attempt(self, job_id: str, error: str, retry_at: dt.datetime) -> None:
+        """The attempt failed (`error`: a short message without the user id); retry at `retry_at`."""
+        with self.engine.begin() as conn:
+            conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(
+                status="failed", last_error=error[:200], next_attempt_at=retry_at, finished_at=None,
+            ))
+
+    def finish_forget_job(self, job_id: str, deleted_rows: int) -> None:
+        """The data is gone: done, and the user id is no longer kept."""
+        self.update_forget_job(job_id, "done", deleted_rows)
 
     def update_forget_job(self, job_id: str, status: str, deleted_rows: int = 0) -> None:
         values: dict[str, Any] = {"status": status, "deleted_rows": deleted_rows}
         if status in ("done", "failed"):
             values |= {"finished_at": utcnow()}
         if status == "done":
-            values |= {"user_id": None}  # keep no identifier once the data is gone
+            values |= {"user_id": None, "next_attempt_at": None}  # keep no identifier once the data is gone
         with self.engine.begin() as conn:
             conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(**values))
 

@@ -74,3 +74,11 @@ def open_event_store(settings: Settings, shared: object | None = None, attach: b
 def start_shared_store(settings: Settings) -> SharedStore:
     _require_embedded(settings)
     return _SharedDuckDB(settings)
+
+
+def inspect_event_store(settings: Settings) -> dict[str, object]:
+    """A read-only report on the configured event store (`millimetric doctor`)."""
+    _require_embedded(settings)
+    from millimetric.store.duckdb.inspect import inspect
+
+    return {"backend": "duckdb", **inspect(settings.event_store_path)}

@@ -8,6 +8,7 @@ picks one from the settings. Nothing above `store/` names a backend. One contrac
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from millimetric.events.model import EventRow
@@ -52,6 +53,10 @@ class EventStore(Protocol):
 
     def ping(self) -> None:
         """Raise unless the store answers within a few seconds."""
+
+    def backup(self, directory: Path) -> int:
+        """Copy every stored event, as one consistent snapshot taken while writes go on, into
+        `directory` the way an embedded data directory holds them; returns how many."""
 
     def status(self) -> dict[str, Any]:
         """What an operator wants to know: backend, format version, events waiting to be written,

@@ -62,6 +62,10 @@ forget_jobs = sa.Table(
     sa.Column("deleted_rows", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    # attempts made so far; a failed one is retried at next_attempt_at (exponential backoff)
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.String(200), nullable=True),  # never holds the user id
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 tombstones = sa.Table(

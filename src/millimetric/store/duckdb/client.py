@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from millimetric.events.model import EventRow
+from millimetric.settings import EVENTS_FILE
 from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
 from millimetric.store.duckdb import wire
 from millimetric.store.duckdb.rows import encode_rows
@@ -166,9 +167,8 @@ class DuckDBEventStore:
     def status(self) -> dict[str, Any]:
         return self._read(self._timeouts.ping, "status")
 
-    def backup(self, target: Path) -> int:
-        """Copy the database, consistent and current, to a new file `target`; returns the events copied."""
-        return self._writes.call(self._timeouts.backup, "backup", target.resolve())
+    def backup(self, directory: Path) -> int:
+        return self._writes.call(self._timeouts.backup, "backup", (directory / EVENTS_FILE).resolve())
 
     def _read(self, timeout: float, method: str, *args: Any) -> Any:
         try:

@@ -1,0 +1,1 @@
+"""Operator work on a whole installation: backups and health diagnosis (CLI commands)."""
