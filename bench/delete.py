@@ -49,7 +49,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -302,6 +301,10 @@ class Reader:
     def start(self) -> None:
         self._ticker.start()
 
+    def halt(self) -> None:
+        """No new reads from now on."""
+        self._stop.set()
+
     def stop(self) -> None:
         """No new reads; wait for those under way (up to their timeout)."""
         self._stop.set()
@@ -349,6 +352,54 @@ def read_summary(reads: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+class TrackProbe:
+    """POSTs one /v1/track every `every` seconds on one keep-alive connection beside wrk, recording
+    when each was sent (seconds after `origin`), its latency and status: unlike wrk's totals, these
+    can be matched to the time the job was running."""
+
+    def __init__(self, url: str, sk: str, every: float, timeout: float, origin: float) -> None:
+        self.url, self.every, self.timeout, self.origin = f"{url}/v1/track", every, timeout, origin
+        self.headers = {"Authorization": f"Bearer {sk}", "Content-Type": "application/json"}
+        self.body = json.dumps({"event": "$pageview", "anonymous_id": "bench-probe",
+                                "url": "https://shop.example.com/probe"}).encode()
+        self.results: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout + 5)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
+            next_at = time.monotonic()
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = client.post(self.url, content=self.body).status_code
+                except httpx.HTTPError:
+                    status = None
+                now = time.monotonic()
+                self.results.append({"sent_s": round(sent - self.origin, 3), "status": status,
+                                     "latency_ms": round((now - sent) * 1000, 2)})
+                next_at = max(next_at + self.every, now)
+                self._stop.wait(max(0.0, next_at - now))
+
+
+def probe_summary(probes: list[dict[str, Any]]) -> dict[str, Any]:
+    times = [p["latency_ms"] for p in probes]
+    return {
+        "probes": len(probes),
+        "non_2xx": sum(1 for p in probes if p["status"] is None or not 200 <= p["status"] < 300),
+        "p50_ms": query.percentile(times, 0.5) if times else None,
+        "p99_ms": query.percentile(times, 0.99) if times else None,
+        "max_ms": max(times) if times else None,
+    }
+
+
 # Main ---------------------------------------------------------------------------------------------
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -368,6 +419,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tail", type=float, default=1, help="seconds of load after the job is done (default 1)")
     p.add_argument("--read-every", type=float, default=1.0, help="seconds between reads (default 1)")
     p.add_argument("--read-timeout", type=float, default=120, help="a read's timeout, seconds (default 120)")
+    p.add_argument("--probe-every", type=float, default=0.05,
+                   help="seconds between the timed /v1/track probes sent beside wrk (default 0.05)")
     p.add_argument("--poll", type=float, default=0.25, help="seconds between job status polls (default 0.25)")
     p.add_argument("--delete-timeout", type=float, default=3600,
                    help="longest wait from the forget request to done, seconds (default 3600)")
@@ -513,9 +566,12 @@ def main() -> int:
         job_id = resp.json()["job_id"]
         reader = Reader(server.url, rk, read_params, args.read_every, args.read_timeout, requested)
         reader.start()
+        probe = TrackProbe(server.url, sk, args.probe_every, args.wrk_timeout, requested)
+        probe.start()
         print(f"forget: job {job_id} queued in {(queued - requested) * 1000:.1f} ms; polling every {args.poll:g} s")
         statuses: list[dict[str, Any]] = []
         first_seen: dict[str, float] = {}
+        last_queued = queued
         job: dict[str, Any] = {}
         told = time.monotonic()
         while True:
@@ -531,6 +587,8 @@ def main() -> int:
             statuses.append({"at_s": round(now - requested, 3), "status": status,
                              "latency_ms": round((now - polled) * 1000, 1)})
             first_seen.setdefault(status, now)
+            if status == "queued":
+                last_queued = now
             if status in ("done", "failed"):
                 break
             if now - requested > args.delete_timeout:
@@ -541,8 +599,8 @@ def main() -> int:
                 print(f"  job {status} after {now - requested:,.0f} s")
             time.sleep(args.poll)
         done_at = first_seen.get(status, time.monotonic())
-        reader.stop_requested_at = time.monotonic()  # reads issued up to here are "during the delete"
-        reader._stop.set()
+        reader.halt()  # the reads issued up to now are the ones during the delete
+        probe.stop()
         time.sleep(args.tail)
         wrk.stop()
         during = wrk.result(args.wrk_timeout + 60)
@@ -573,12 +631,18 @@ def main() -> int:
             "polls": statuses,
         }
         results["delete"] = delete
+        # The job ran between the last poll that saw it queued and the first that saw it done.
+        ran_from, ran_to = last_queued - requested, done_at - requested
+        probes_running = [p for p in probe.results if ran_from <= p["sent_s"] <= ran_to]
         results["during_delete"] = {
             "track": during,
             "window": {"lead_s": args.lead, "request_to_done_s": delete["request_to_done_s"], "tail_s": args.tail},
             "reads": reads_during,
             "read_summary": read_summary(reads_during),
             "reads_after_done": [r for r in reader.results if r["issued_s"] > window_end],
+            "probes_while_running": {"from_s": round(ran_from, 3), "to_s": round(ran_to, 3),
+                                     **probe_summary(probes_running)},
+            "probes": probe.results,
         }
 
         # The user is gone?
@@ -609,15 +673,20 @@ def main() -> int:
         print(f"  {len(slow_polls)} status poll(s) took over 1 s, the slowest {max(p['latency_ms'] for p in slow_polls):,.0f} ms")
     print_track(f"/v1/track during the delete (window {args.lead:g} s before the request to {args.tail:g} s after done)",
                 w["track"])
-    print(f"reads issued during the delete (GET /v1/stats?metric=count, 12 months; seconds after the forget request):")
+    pr = w["probes_while_running"]
+    print(f"/v1/track probes (one every {args.probe_every:g} s beside wrk) while the job ran "
+          f"(+{pr['from_s']:.2f} s to +{pr['to_s']:.2f} s): {pr['probes']}, p50 {ms(pr['p50_ms'])}, "
+          f"p99 {ms(pr['p99_ms'])}, max {ms(pr['max_ms'])}, non-2xx {pr['non_2xx']}")
+    print("reads issued during the delete (GET /v1/stats?metric=count, 12 months; seconds after the forget request):")
     for r in w["reads"]:
         what = f"count {r['count']:,}" if "count" in r else r.get("error", "")
         print(f"  +{r['issued_s']:7.2f} s  {r['status'] or 'no answer':>9}  {r['latency_ms']:>10,.1f} ms  {what}")
     if not w["reads"]:
         print("  (none)")
     a = results["after"]
+    count_now = "?" if a["count"] is None else f"{a['count']:,}"
     print(f"after: {a['user_rows_left']} of {FORGET_USER}'s events found by /v1/query (status {a['user_query_status']}); "
-          f"count over 12 months now {a['count'] if a['count'] is None else f'{a[chr(99) + chr(111) + chr(117) + chr(110) + chr(116)]:,}'}")
+          f"count over 12 months now {count_now}")
     how = "clean" if code in (0, -signal.SIGTERM) else "NOT clean"
     print(f"server stopped by SIGTERM after {stop_seconds:g} s: exit code {code}, {how}")
     if results["server_log"]["problem_lines"]:

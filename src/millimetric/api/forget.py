@@ -62,4 +62,6 @@ async def forget_status(request: Request) -> Response:
         "deleted_rows": job.deleted_rows,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "attempts": job.attempts,
+        "last_error": job.last_error,
     })

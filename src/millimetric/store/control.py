@@ -329,7 +329,7 @@ class ControlPlane:
         """The job is running: one more attempt."""
         with self.engine.begin() as conn:
             conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(
-                status="running", attempts=forget_jobs.c.attempts + 1, next_attempt_at=None,
+                status="running", attempts=forget_jobs.c.attempts + 1, next_attempt_at=None, finished_at=None,
             ))
 
     def fail_forget_attempt(self, job_id: str, error: str, retry_at: dt.datetime) -> None:
