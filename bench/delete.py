@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/delete.py [--events 10000000] [--reuse] [--rate 1000] [--connections 16] ...
 
-A quick run: `.venv/bin/python bench/delete.py --events 200000`. The default (10 million events)
-spends about 12 minutes loading on the 2-core bench VM; `--reuse` keeps the loaded data directory
-for the next runs (each run works on a fresh copy of it, since a run deletes the user).
+A quick run: `.venv/bin/python bench/delete.py --events 200000` (about a minute). The default, 10
+million events of which the forgotten user owns 1 million, spends about 12 minutes loading on the
+2-core bench VM; `--reuse` keeps the loaded data directory for the next runs (each run works on a
+fresh copy of it, since a run deletes the user): `.venv/bin/python bench/delete.py --reuse`.
 
 What it does, in order:
 1. loads N events (bench/results/delete-<N>/loaded; `--reuse` keeps an already loaded one) with a
@@ -15,30 +16,36 @@ What it does, in order:
    first visit, some visits logged in (user_id on the events) and some not (anonymous_id only; the
    forget finds those through the identify);
 2. copies the loaded directory to bench/results/delete-<N>/run and starts `millimetric serve` on
-   the copy (rate limits off); wrk (bench/lua/post.lua, 1 thread, 16 connections, paced to about
-   `--rate` requests/s) POSTs a small event to /v1/track: a warm-up, then a baseline window
-   (`--baseline` seconds) while a read, GET /v1/stats?metric=count over the 12 months with the rk_
-   key, is issued every second;
+   the copy (rate limits off); wrk (bench/lua/post.lua, 1 thread, 16 connections; each connection
+   waits connections * 1000 / `--rate` ms after a response, so at most about `--rate` requests/s)
+   POSTs a small event to /v1/track: a warm-up, then a baseline window (`--baseline` seconds) while
+   a read, GET /v1/stats?metric=count over the 12 months with the rk_ key, is issued every second,
+   and a timed /v1/track probe is sent every `--probe-every` seconds beside wrk;
 3. starts wrk again, and `--lead` seconds later POSTs /v1/forget {"user_id": "bench-forget-user"}
    with the sk_ key; issues the same read right after the job is queued and then every second
-   (each on its own connection: a stalled read does not hold back the next) and polls
-   GET /v1/forget/{job_id} every `--poll` seconds until the job is `done` (or `failed`); `--tail`
-   seconds later it stops wrk (SIGINT: wrk reports what it measured), so wrk's window covers the
-   whole delete, from the request (a job may wait a few seconds before it starts) to `done`;
+   (each on its own connection: a stalled read does not hold back the next), sends the probes, and
+   polls GET /v1/forget/{job_id} every `--poll` seconds until the job is `done` (or has failed
+   `--give-up-after` attempts: the server retries a failed job); `--tail` seconds later it stops
+   wrk (SIGINT: wrk reports what it measured), so wrk's window covers the whole delete, from the
+   request (the server holds a job a few seconds before it starts, until every process has the
+   user's tombstone) to `done`;
 4. checks the user is gone (GET /v1/query?user_id=... finds no row), stops the server (SIGTERM);
 5. prints the machine (CPU model, cores, RAM), the deleted row count and the delete's duration
-   (request to done; the job's own start-to-finish when its status says when it started), /v1/track
-   p50/p99/max and non-2xx (503) answers in the baseline and during the delete, each read's latency
-   and status, the targets and whether each is met, and writes everything to
-   bench/results/delete-<N>/results-<timestamp>.json.
+   (request to done; the delete itself from the job's started_at if its status has one, else
+   bracketed by the polls), /v1/track p50/p99/max and non-2xx (503) answers in the baseline and
+   during the delete (wrk's window, and the probes sent while the job ran), each read's latency
+   and status, the targets and whether each is met, and writes everything (every read, probe and
+   poll too) to bench/results/delete-<N>/results-<timestamp>.json; the server's log is kept beside.
 
 Targets: /v1/track p99 < 50 ms during the delete with no non-2xx answer (no 503) and no timeout;
 every read issued during the delete answered 2xx.
 
 How to read the figures: wrk's delete window also holds `--lead` + `--tail` seconds of ordinary
-traffic and the wait before the job starts, so on a small data set, whose delete takes
-milliseconds, the window is mostly ordinary traffic; its max latency is the stall, if any. wrk
-drops a latency longer than `--wrk-timeout` from its distribution and counts a timeout instead.
+traffic and the time the job waits before it starts, so on a small data set, whose delete takes
+well under a second, the window is mostly ordinary traffic: its max latency shows a stall, if any,
+and the probes sent while the job ran show the delete alone. wrk drops a latency longer than
+`--wrk-timeout` from its distribution and counts a timeout instead. The machine is shared: compare
+the delete window with the baseline of the same run.
 """
 
 from __future__ import annotations
@@ -154,8 +161,10 @@ def load(work: Path, data_dir: Path, args: argparse.Namespace, end: dt.datetime)
                     told = time.monotonic()
                     elapsed = time.perf_counter() - started
                     rate = piped / elapsed
+                    left = (args.events - piped) / rate
+                    left_text = f"{left:.0f} s" if left < 120 else f"{left / 60:.0f} min"
                     print(f"  {piped:>12,} of {args.events:,} events piped into import ({piped / args.events:.0%}), "
-                          f"{rate:,.0f}/s, about {(args.events - piped) / rate / 60:.0f} min left", flush=True)
+                          f"{rate:,.0f}/s, about {left_text} left", flush=True)
         proc.stdin.write(b"".join(chunk))
         proc.stdin.close()
     except BrokenPipeError:
@@ -247,6 +256,8 @@ def write_bodies(path: Path, count: int = 64) -> int:
 class Wrk:
     """wrk in the background for `seconds` or until stop() (SIGINT: wrk prints what it measured)."""
 
+    started_ones: list[Wrk] = []
+
     def __init__(self, args: argparse.Namespace, url: str, token: str, bodies: Path, seconds: float) -> None:
         cmd = [args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
                "--timeout", f"{args.wrk_timeout:g}s", "-s", str(LUA_SCRIPT), url, "--", token, str(bodies)]
@@ -254,6 +265,15 @@ class Wrk:
             cmd.append(f"{args.delay_ms:g}")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.started = time.monotonic()
+        Wrk.started_ones.append(self)
+
+    @classmethod
+    def kill_all(cls) -> None:
+        """Any wrk still running (an error cut the run short)."""
+        for wrk in cls.started_ones:
+            if wrk.proc.poll() is None:
+                wrk.proc.kill()
+                wrk.proc.wait()
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -424,6 +444,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--poll", type=float, default=0.25, help="seconds between job status polls (default 0.25)")
     p.add_argument("--delete-timeout", type=float, default=3600,
                    help="longest wait from the forget request to done, seconds (default 3600)")
+    p.add_argument("--give-up-after", type=int, default=3,
+                   help="stop waiting once the job has failed this many attempts (the server retries; default 3)")
     p.add_argument("--wrk-timeout", type=float, default=60,
                    help="wrk request timeout, seconds (default 60): longer requests count as timeouts")
     p.add_argument("--workers", type=int, default=1, help="server processes (MILLIMETRIC_WORKERS; default 1)")
@@ -486,6 +508,9 @@ def main() -> int:
     if args.reuse and meta_path.exists() and loaded.is_dir():
         meta = json.loads(meta_path.read_text())
         print(f"data: reusing {loaded.relative_to(ROOT)} (loaded in {meta['load_seconds']:,} s)")
+        if meta.get("user_share") != args.user_share or meta.get("user_devices") != args.devices:
+            print(f"  (loaded with --user-share {meta.get('user_share')} --devices {meta.get('user_devices')}: "
+                  "those apply; drop --reuse to load with the new ones)")
     else:
         shutil.rmtree(work, ignore_errors=True)
         loaded.mkdir(parents=True)
@@ -527,7 +552,7 @@ def main() -> int:
         "store_bytes": size,
         "track_body_bytes": body_bytes,
     }
-    pace = (f"paced to about {args.rate:,.0f} req/s ({args.delay_ms} ms between a connection's requests)"
+    pace = (f"paced to at most about {args.rate:,.0f} req/s ({args.delay_ms} ms between a connection's requests)"
             if args.delay_ms else "unpaced (as fast as the connections go)")
     track_url = f"{server.url}/v1/track"
     try:
@@ -545,10 +570,17 @@ def main() -> int:
         wrk = Wrk(args, track_url, sk, bodies, args.baseline)
         reader = Reader(server.url, rk, read_params, args.read_every, args.read_timeout, origin)
         reader.start()
+        probe = TrackProbe(server.url, sk, args.probe_every, args.wrk_timeout, origin)
+        probe.start()
         baseline = wrk.result(args.baseline + args.wrk_timeout + 60)
+        probe.stop()
         reader.stop()
-        results["baseline"] = {"track": baseline, "reads": reader.results, "read_summary": read_summary(reader.results)}
+        results["baseline"] = {"track": baseline, "reads": reader.results, "read_summary": read_summary(reader.results),
+                               "probe_summary": probe_summary(probe.results), "probes": probe.results}
         print_track("baseline /v1/track", baseline)
+        pr = results["baseline"]["probe_summary"]
+        print(f"baseline /v1/track probes (one every {args.probe_every:g} s beside wrk): {pr['probes']}, "
+              f"p50 {ms(pr['p50_ms'])}, p99 {ms(pr['p99_ms'])}, max {ms(pr['max_ms'])}, non-2xx {pr['non_2xx']}")
         rs = results["baseline"]["read_summary"]
         print(f"baseline reads (GET /v1/stats?metric=count, 12 months, one a second): {rs['ok']} of {rs['reads']} "
               f"2xx, p50 {ms(rs['p50_ms'])}, max {ms(rs['max_ms'])}")
@@ -571,9 +603,9 @@ def main() -> int:
         print(f"forget: job {job_id} queued in {(queued - requested) * 1000:.1f} ms; polling every {args.poll:g} s")
         statuses: list[dict[str, Any]] = []
         first_seen: dict[str, float] = {}
-        last_queued = queued
+        last_waiting = queued  # the last poll that saw the job waiting (queued, or failed and due again)
         job: dict[str, Any] = {}
-        told = time.monotonic()
+        told, attempts_told = time.monotonic(), 0
         while True:
             polled = time.monotonic()
             try:
@@ -587,10 +619,15 @@ def main() -> int:
             statuses.append({"at_s": round(now - requested, 3), "status": status,
                              "latency_ms": round((now - polled) * 1000, 1)})
             first_seen.setdefault(status, now)
-            if status == "queued":
-                last_queued = now
-            if status in ("done", "failed"):
+            if status not in ("running", "done"):
+                last_waiting = now
+            if status == "failed" and job.get("attempts", 0) > attempts_told:
+                attempts_told = job["attempts"]
+                print(f"  attempt {attempts_told} failed after {now - requested:,.1f} s: {job.get('last_error')}")
+            if status == "done":
                 break
+            if status == "failed" and ("attempts" not in job or job["attempts"] >= args.give_up_after):
+                break  # a server that does not retry, or this many failed attempts: report them
             if now - requested > args.delete_timeout:
                 status = "timed out"
                 break
@@ -613,9 +650,10 @@ def main() -> int:
         delete_seconds, delete_basis = None, None
         if job.get("started_at") and job.get("finished_at"):
             delete_seconds, delete_basis = elapsed_between(job["started_at"], job["finished_at"]), "job started_at -> finished_at"
-        elif "running" in first_seen and status == "done":
-            delete_seconds = round(done_at - first_seen["running"], 3)
-            delete_basis = f"first poll seeing running -> first seeing done (+/- {args.poll:g} s)"
+        elif status == "done" and last_waiting < done_at:
+            # polls bracket the (last) attempt: it started after the last poll that saw the job waiting
+            delete_seconds = round(done_at - last_waiting, 3)
+            delete_basis = f"at most: last poll seeing the job waiting -> first seeing it done, polls every {args.poll:g} s"
         delete = {
             "job_id": job_id,
             "status": status,
@@ -627,12 +665,14 @@ def main() -> int:
             "delete_s": delete_seconds,
             "delete_s_basis": delete_basis,
             "queued_s": round(first_seen["running"] - requested, 3) if "running" in first_seen else None,
+            "attempts": job.get("attempts"),
+            "last_error": job.get("last_error"),
             "job": job,
             "polls": statuses,
         }
         results["delete"] = delete
-        # The job ran between the last poll that saw it queued and the first that saw it done.
-        ran_from, ran_to = last_queued - requested, done_at - requested
+        # The (last) attempt ran between the last poll that saw the job waiting and the first that saw it done.
+        ran_from, ran_to = last_waiting - requested, done_at - requested
         probes_running = [p for p in probe.results if ran_from <= p["sent_s"] <= ran_to]
         results["during_delete"] = {
             "track": during,
@@ -655,6 +695,7 @@ def main() -> int:
             "count": sum(row.get("value", 0) for row in after.json().get("rows", [])) if after.status_code == 200 else None,
         }
     finally:
+        Wrk.kill_all()
         code, stop_seconds = server.stop()
     results["server_stop"] = {"exit_code": code, "seconds": stop_seconds}
     results["server_log"] = server_log_problems(log_path)
@@ -665,9 +706,13 @@ def main() -> int:
           f"(the user owned {d['expected_rows']:,}); request -> done {d['request_to_done_s']:,.2f} s "
           f"(server's created_at -> finished_at {d['server_created_to_finished_s']} s)")
     if d["queued_s"] is not None:
-        print(f"  the job was seen running {d['queued_s']:,.2f} s after the request")
-    print(f"  the delete itself: {'%.2f s' % d['delete_s'] if d['delete_s'] is not None else 'not exposed'}"
-          f"{' (' + d['delete_s_basis'] + ')' if d['delete_s_basis'] else ' (the job status has no started_at and no poll saw it running)'}")
+        print(f"  the job was first seen running {d['queued_s']:,.2f} s after the request")
+    if d["attempts"] is not None and (d["attempts"] > 1 or d["last_error"]):
+        print(f"  attempts: {d['attempts']}; last error: {d['last_error']}")
+    if d["delete_s"] is not None:
+        print(f"  the delete itself: {d['delete_s']:,.2f} s ({d['delete_s_basis']})")
+    else:
+        print("  the delete itself: not measured (the job status has no started_at and the job did not finish)")
     slow_polls = [p for p in d["polls"] if p["latency_ms"] > 1000]
     if slow_polls:
         print(f"  {len(slow_polls)} status poll(s) took over 1 s, the slowest {max(p['latency_ms'] for p in slow_polls):,.0f} ms")
@@ -677,8 +722,18 @@ def main() -> int:
     print(f"/v1/track probes (one every {args.probe_every:g} s beside wrk) while the job ran "
           f"(+{pr['from_s']:.2f} s to +{pr['to_s']:.2f} s): {pr['probes']}, p50 {ms(pr['p50_ms'])}, "
           f"p99 {ms(pr['p99_ms'])}, max {ms(pr['max_ms'])}, non-2xx {pr['non_2xx']}")
-    print("reads issued during the delete (GET /v1/stats?metric=count, 12 months; seconds after the forget request):")
-    for r in w["reads"]:
+    rs = w["read_summary"]
+    print(f"reads issued during the delete (GET /v1/stats?metric=count, 12 months, one a second): {rs['ok']} of "
+          f"{rs['reads']} 2xx, p50 {ms(rs['p50_ms'])}, max {ms(rs['max_ms'])}; each (seconds after the forget request):")
+    shown = w["reads"]
+    if len(shown) > 40:  # a long delete: the first and last ones, the failed and the slowest (all in the JSON)
+        slowest = sorted(shown, key=lambda r: -r["latency_ms"])[:10]
+        failed = [r for r in shown if not (r["status"] and 200 <= r["status"] < 300)]
+        keep = {id(r) for r in shown[:10] + shown[-5:] + slowest + failed}
+        shown = [r for r in shown if id(r) in keep]
+        print(f"  ({len(w['reads']) - len(shown)} ordinary ones not shown: the first 10, the last 5, the 10 slowest "
+              "and every failed one are)")
+    for r in shown:
         what = f"count {r['count']:,}" if "count" in r else r.get("error", "")
         print(f"  +{r['issued_s']:7.2f} s  {r['status'] or 'no answer':>9}  {r['latency_ms']:>10,.1f} ms  {what}")
     if not w["reads"]:
@@ -694,7 +749,7 @@ def main() -> int:
         for line in results["server_log"]["first"]:
             print(f"  | {line}")
 
-    t, rs = w["track"], w["read_summary"]
+    t = w["track"]
     checks = [
         {"target": f"/v1/track p99 < {TARGET_TRACK_P99_MS:g} ms during the delete", "value": t["p99_ms"],
          "met": t["p99_ms"] < TARGET_TRACK_P99_MS and t["requests"] > 0},
@@ -702,7 +757,8 @@ def main() -> int:
          "value": f"non-2xx {t['non_2xx']}, timeouts {t['timeouts']}",
          "met": t["non_2xx"] == 0 and t["timeouts"] == 0},
         {"target": "every read issued during the delete answered 2xx",
-         "value": f"{rs['ok']} of {rs['reads']}, latencies " + ", ".join(f"{r['latency_ms']:,.0f} ms" for r in w["reads"]),
+         "value": f"{rs['ok']} of {rs['reads']}, latencies " + ", ".join(f"{r['latency_ms']:,.0f} ms" for r in w["reads"][:20])
+                  + (", ..." if len(w["reads"]) > 20 else ""),
          "met": rs["reads"] > 0 and rs["ok"] == rs["reads"]},
         {"target": "the job finished and the user's events are gone",
          "value": f"{d['status']}, {a['user_rows_left']} left",

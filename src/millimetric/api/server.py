@@ -103,7 +103,7 @@ def _supervise(settings: Settings) -> int:
             break
     for worker in workers:
         if worker.is_alive():
-            os.kill(worker.pid, signal.SIGTERM)
+            worker.terminate()  # SIGTERM
     deadline = time.monotonic() + WORKER_STOP_SECONDS
     for worker in workers:
         worker.join(max(0.0, deadline - time.monotonic()))

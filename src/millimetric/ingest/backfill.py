@@ -152,6 +152,7 @@ class Backfill:
 def _only(error: ApiError, index: int) -> ApiError:
     """The part of a batch's invalid_payload about one event, with paths relative to its line."""
     prefix = f"{_PREFIX}.{index}."
+    assert error.details is not None  # an invalid_payload always names its fields
     field_errors = {
         path.removeprefix(prefix): messages
         for path, messages in error.details["fieldErrors"].items()

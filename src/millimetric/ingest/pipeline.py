@@ -82,7 +82,9 @@ def accept(
 
     The one write path: the HTTP routes and `millimetric import` both come through here.
     """
-    now = visits[0].received_at if visits else None
+    if not events:
+        return [], Counter()
+    now = visits[0].received_at
     errors = schemas.FieldErrors()
     properties = [
         schemas.check_event(event, f"{field_prefix}.{i}" if field_prefix else "", now, errors, retention_days)

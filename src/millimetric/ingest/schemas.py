@@ -32,27 +32,31 @@ RESERVED_EVENTS_ALLOWED = frozenset({"$pageview", IDENTIFY_EVENT})
 MAX_FIELD_ERRORS = 100
 
 
-def _str(min_length: int, max_length: int) -> Any:
-    return Annotated[str, msgspec.Meta(min_length=min_length, max_length=max_length)]
+# String fields by their length bounds (msgspec checks them while decoding).
+Text1To64 = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text1To128 = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Text1To256 = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+TextTo1024 = Annotated[str, msgspec.Meta(max_length=1024)]
+TextTo2048 = Annotated[str, msgspec.Meta(max_length=2048)]
 
 
 class Context(msgspec.Struct, gc=False):
     """Visitor details forwarded by a server-side sender (honoured for sk_ keys only)."""
 
-    ip: _str(1, 64) | None = None
-    user_agent: _str(0, 1024) | None = None
+    ip: Text1To64 | None = None
+    user_agent: TextTo1024 | None = None
 
 
 class TrackEvent(msgspec.Struct, gc=False):
-    event: _str(1, 128)
-    event_id: _str(1, 128) | None = None
+    event: Text1To128
+    event_id: Text1To128 | None = None
     timestamp: dt.datetime | None = None
-    anonymous_id: _str(1, 128) | None = None
-    user_id: _str(1, 256) | None = None
-    session_id: _str(1, 128) | None = None
-    url: _str(0, 2048) | None = None
-    path: _str(0, 2048) | None = None
-    referrer: _str(0, 2048) | None = None
+    anonymous_id: Text1To128 | None = None
+    user_id: Text1To256 | None = None
+    session_id: Text1To128 | None = None
+    url: TextTo2048 | None = None
+    path: TextTo2048 | None = None
+    referrer: TextTo2048 | None = None
     context: Context | None = None
     # Kept as raw JSON: most clients send compact objects, which are stored without a decode and
     # re-encode (see `encode_object`).
@@ -70,8 +74,8 @@ class RawBatch(msgspec.Struct):
 
 
 class Identify(msgspec.Struct):
-    anonymous_id: _str(1, 128)
-    user_id: _str(1, 256)
+    anonymous_id: Text1To128
+    user_id: Text1To256
     traits: msgspec.Raw = msgspec.field(default_factory=msgspec.Raw)
 
 

@@ -56,7 +56,8 @@ class Writer:
 
     def _take(self) -> list[_Pending]:
         """Everything pending, up to one append's worth of events (at least one request)."""
-        taken, count = [], 0
+        taken: list[_Pending] = []
+        count = 0
         while self._pending and (not taken or count + len(self._pending[0][0]) <= self._max_transaction):
             item = self._pending.popleft()
             taken.append(item)

@@ -127,8 +127,9 @@ def _event_store(settings: Settings) -> list[Finding]:
     elif isinstance(fmt, int) and isinstance(known, int) and fmt < known:
         findings.append(Finding("ok", name, f"format {fmt}; the next start migrates it to {known}"))
     if found["newer_journal_files"]:
-        findings.append(Finding("fail", name, "journal files of a newer millimetric: "
-                                              + ", ".join(map(str, found["newer_journal_files"]))))
+        newer = found["newer_journal_files"]
+        assert isinstance(newer, list)
+        findings.append(Finding("fail", name, "journal files of a newer millimetric: " + ", ".join(newer)))
     elif found["unflushed_journal_files"] and not found.get("served_by_server"):
         findings.append(Finding("ok", name, f"{found['unflushed_journal_files']} journal files left by a stop or "
                                             "crash: the next start replays them"))

@@ -75,10 +75,11 @@ def limit(query: Query, bounds: tuple[int, int, int]) -> int:
     return int(raw)
 
 
-def _choice(query: Query, name: str, allowed: tuple[str, ...], default: str | None) -> str | None:
+def _choice(query: Query, name: str, allowed: tuple[str, ...]) -> str | None:
+    """The parameter's value from `allowed`, or None when absent."""
     raw = query.get(name)
     if raw is None:
-        return default
+        return None
     if raw not in allowed:
         raise ApiError("invalid_params", {"param": name, "reason": "unknown value", "allowed": list(allowed)})
     return raw
@@ -131,9 +132,9 @@ def stats_plan(query: Query, retention_days: int | None) -> StatsPlan:
     return StatsPlan(
         range=time_range(query, retention_days),
         filters=filters(query),
-        metric=_choice(query, "metric", METRICS, "count"),
+        metric=_choice(query, "metric", METRICS) or "count",
         group_by=group_by(query),
-        interval=_choice(query, "interval", INTERVALS, None),
+        interval=_choice(query, "interval", INTERVALS),
         tz=timezone(query),
         limit=limit(query, STATS_LIMIT),
     )
@@ -142,6 +143,6 @@ def stats_plan(query: Query, retention_days: int | None) -> StatsPlan:
 def sources_plan(query: Query, retention_days: int | None) -> SourcesPlan:
     return SourcesPlan(
         range=time_range(query, retention_days),
-        breakdown=_choice(query, "breakdown", BREAKDOWNS, "source_medium"),
+        breakdown=_choice(query, "breakdown", BREAKDOWNS) or "source_medium",
         limit=limit(query, SOURCES_LIMIT),
     )

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from millimetric.events.model import EventRow
-from millimetric.settings import EVENTS_FILE
 from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
+from millimetric.settings import EVENTS_FILE
 from millimetric.store.duckdb import wire
 from millimetric.store.duckdb.rows import encode_rows
 from millimetric.store.duckdb.supervisor import StoreProcess

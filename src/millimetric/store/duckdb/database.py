@@ -142,7 +142,7 @@ class EventDatabase:
     def _requeue(self, frames: list[Frame], files: list[Path]) -> None:
         with self._lock:
             self._unflushed[:0] = frames
-            self._unflushed_events += sum(frame.count for frame in frames)
+            self._unflushed_events += sum(frame.events for frame in frames)
             self._unflushed_bytes += sum(len(frame.payload) for frame in frames)
             self._journal.restore(files)
 
@@ -190,7 +190,7 @@ class EventDatabase:
             self._writer.execute("UPDATE journal_state SET flushed_seq = greatest(flushed_seq, $seq)",
                                  {"seq": frame.next_seq - 1})
         log.error("event store: quarantined %d events (seqs %d-%d) that cannot be inserted (%s: %s); kept in %s",
-                  frame.count, frame.first_seq, frame.next_seq - 1, type(error).__name__, error, target)
+                  frame.events, frame.first_seq, frame.next_seq - 1, type(error).__name__, error, target)
 
     def quarantined_files(self) -> int:
         return len(list(self._quarantine.glob("*.log"))) if self._quarantine.exists() else 0

@@ -45,16 +45,16 @@ class JournalFormatError(RuntimeError):
 
 
 class Frame(NamedTuple):
-    """`count` rows with seqs from `first_seq` on, encoded in `payload` (of `payload_format`)."""
+    """`events` rows with seqs from `first_seq` on, encoded in `payload` (of `payload_format`)."""
 
     first_seq: int
-    count: int
+    events: int
     payload: bytes
     payload_format: int
 
     @property
     def next_seq(self) -> int:
-        return self.first_seq + self.count
+        return self.first_seq + self.events
 
 
 class Journal:
@@ -130,7 +130,7 @@ class Journal:
 
 
 def frame_bytes(frame: Frame) -> bytes:
-    header = _HEADER.pack(frame.first_seq, frame.count, len(frame.payload), zlib.crc32(frame.payload),
+    header = _HEADER.pack(frame.first_seq, frame.events, len(frame.payload), zlib.crc32(frame.payload),
                           frame.payload_format)
     return header + frame.payload
 
