@@ -174,3 +174,28 @@ def test_served_document_is_the_packaged_one(client: TestClient, document: dict[
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     assert response.json() == document
+
+
+def _parameter(document: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    for parameter in document["paths"][path]["get"]["parameters"]:
+        parameter = _deref(document, parameter)
+        if parameter["name"] == name:
+            return parameter
+    raise AssertionError(f"{path} documents no parameter {name}")
+
+
+def test_the_read_vocabulary_is_the_one_the_stores_answer(document: dict[str, Any]) -> None:
+    """Metrics, intervals, breakdowns, group_by columns, filters and row fields are defined once
+    (millimetric.events.queries); the documented ones are the same."""
+    from millimetric.events import queries
+
+    assert tuple(_parameter(document, "/v1/stats", "metric")["schema"]["enum"]) == queries.METRICS
+    assert tuple(_parameter(document, "/v1/stats", "interval")["schema"]["enum"]) == queries.INTERVALS
+    assert tuple(_parameter(document, "/v1/sources", "breakdown")["schema"]["enum"]) == queries.BREAKDOWNS
+    group_by = _parameter(document, "/v1/stats", "group_by")["description"]
+    assert [column for column in queries.GROUP_BY if f"`{column}`" not in group_by] == []
+    for path in ("/v1/query", "/v1/stats"):
+        for name in queries.FILTERS:
+            _parameter(document, path, name)
+    row = document["components"]["schemas"]["EventRow"]
+    assert tuple(row["properties"]) == queries.ROW_FIELDS
