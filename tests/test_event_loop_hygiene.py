@@ -5,6 +5,7 @@ import asyncio
 import datetime as dt
 import sys
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -216,7 +217,10 @@ def test_writes_during_flushes_are_never_lost(client, keys, monkeypatch):
 
         flushers = [asyncio.create_task(flusher(n)) for n in range(2)]
         last = start
+        deadline = time.monotonic() + 20
         while written < 2000 or min(flushes) < 20:  # many writes, while many flushes run
+            if time.monotonic() > deadline or any(task.done() for task in flushers):
+                break
             last = start + dt.timedelta(microseconds=written)
             for prefix in prefixes:
                 services.keys._last_used[prefix] = last
@@ -226,6 +230,7 @@ def test_writes_during_flushes_are_never_lost(client, keys, monkeypatch):
                 await asyncio.sleep(0)
         done.set()
         await asyncio.gather(*flushers)
+        assert min(flushes) >= 20
         await services.record_counters()
         return last
 
