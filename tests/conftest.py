@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 
 from millimetric.api.app import create_app
 from millimetric.settings import Settings
+
 from stored import query_stored
 
 POSTGRES_ADMIN_URL = os.environ.get("MILLIMETRIC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -20,7 +20,6 @@ from millimetric.store.duckdb.journal import MAGIC, Frame, Journal, JournalForma
 from millimetric.store.duckdb.rows import PAYLOAD_FORMAT, encode_rows
 from millimetric.store.interface import StoreOverloaded
 
-
 _MINUTES = itertools.count()
 
 

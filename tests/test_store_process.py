@@ -7,9 +7,8 @@ import os
 import signal
 import time
 
-import pytest
-
 import duckdb
+import pytest
 
 from millimetric.events.model import EventRow
 from millimetric.events.queries import Filters, RowsPlan, SourceRow, SourcesPlan, TimeRange

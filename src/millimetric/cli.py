@@ -90,8 +90,11 @@ def serve(
     ] = None,
     workers: Annotated[
         Optional[int],
-        typer.Option(help="Server processes sharing the port and the event store, about one per core "
-                          "[env MILLIMETRIC_WORKERS; default 1].", min=1),
+        typer.Option(
+            help="Server processes sharing the port and the event store, about one per core "
+            "[env MILLIMETRIC_WORKERS; default 1].",
+            min=1,
+        ),
     ] = None,
 ) -> None:
     """Run the API server (creates a `default` project with keys on an empty data directory)."""
@@ -357,8 +360,13 @@ def import_events(
 
     source = sys.stdin.buffer if file == "-" else open(file, "rb")
     total = None if file == "-" else Path(file).stat().st_size
-    columns = [TextColumn("importing"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[lines]:,} lines"),
-               TimeElapsedColumn()]
+    columns = [
+        TextColumn("importing"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[lines]:,} lines"),
+        TimeElapsedColumn(),
+    ]
     try:
         with Progress(*columns, console=err, transient=as_json) as progress:
             task = progress.add_task("import", total=total, lines=0)

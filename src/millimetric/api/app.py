@@ -86,7 +86,9 @@ async def _in_thread(chore: Callable[[], T]) -> T:
 
 
 async def _every(
-    seconds: float, chore: Callable[[], object] | Callable[[], Awaitable[object]], what: str,
+    seconds: float,
+    chore: Callable[[], object] | Callable[[], Awaitable[object]],
+    what: str,
     first_after: float | None = None,
 ) -> None:
     """Run a chore periodically, surviving failures: a blocking one in a thread, off the event
@@ -124,17 +126,19 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
             ),
             # Services.open prepared today's and tomorrow's salts; keep them a day ahead.
-            asyncio.create_task(
-                _every(SALT_PREPARE_SECONDS, services.visits.prepare_salts, "prepare the daily salts")
-            ),
+            asyncio.create_task(_every(SALT_PREPARE_SECONDS, services.visits.prepare_salts, "prepare the daily salts")),
         ]
         if chores:
             background += [
                 asyncio.create_task(services.forget.run_forever()),
-                asyncio.create_task(_every(
-                    RETENTION_SWEEP_SECONDS, lambda: enforce_retention(services.control, services.events),
-                    "delete events past retention", first_after=0,
-                )),
+                asyncio.create_task(
+                    _every(
+                        RETENTION_SWEEP_SECONDS,
+                        lambda: enforce_retention(services.control, services.events),
+                        "delete events past retention",
+                        first_after=0,
+                    )
+                ),
             ]
         try:
             yield

@@ -31,13 +31,19 @@ class CorsMiddleware:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "OPTIONS":
-            await send({"type": "http.response.start", "status": 204, "headers": [
-                (b"access-control-allow-origin", origin),
-                (b"access-control-allow-methods", ALLOW_METHODS),
-                (b"access-control-allow-headers", ALLOW_HEADERS),
-                (b"access-control-max-age", MAX_AGE),
-                (b"vary", b"Origin"),
-            ]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 204,
+                    "headers": [
+                        (b"access-control-allow-origin", origin),
+                        (b"access-control-allow-methods", ALLOW_METHODS),
+                        (b"access-control-allow-headers", ALLOW_HEADERS),
+                        (b"access-control-max-age", MAX_AGE),
+                        (b"vary", b"Origin"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": b""})
             return
 

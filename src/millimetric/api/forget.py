@@ -56,12 +56,14 @@ async def forget_status(request: Request) -> Response:
     job = await asyncio.to_thread(services.control.get_forget_job, request.path_params["job_id"])
     if job is None or principal.project is None or job.project_id != principal.project.id:
         raise ApiError("not_found")
-    return json_response({
-        "job_id": job.id,
-        "status": job.status,
-        "deleted_rows": job.deleted_rows,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        "attempts": job.attempts,
-        "last_error": job.last_error,
-    })
+    return json_response(
+        {
+            "job_id": job.id,
+            "status": job.status,
+            "deleted_rows": job.deleted_rows,
+            "created_at": job.created_at.isoformat(),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+            "attempts": job.attempts,
+            "last_error": job.last_error,
+        }
+    )

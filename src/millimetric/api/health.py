@@ -35,5 +35,10 @@ async def healthz(request: Request) -> Response:
         _check("control_plane", services.control.ping), _check("event_store", services.events.ping)
     )
     healthy = control == events == "ok"
-    body = {"ok": healthy, "control_plane": control, "event_store": events, "queued_events": services.writer.queued_events}
+    body = {
+        "ok": healthy,
+        "control_plane": control,
+        "event_store": events,
+        "queued_events": services.writer.queued_events,
+    }
     return json_response(body, 200 if healthy else 503)

@@ -79,8 +79,9 @@ def run(settings: Settings) -> int:
 
 def _supervise(settings: Settings) -> int:
     if settings.rate_limits and not settings.redis_url:
-        log.warning("rate limits are kept per worker (%d workers): set MILLIMETRIC_REDIS_URL to share them",
-                    settings.workers)
+        log.warning(
+            "rate limits are kept per worker (%d workers): set MILLIMETRIC_REDIS_URL to share them", settings.workers
+        )
     store = start_shared_store(settings)
     listener = _config(None, settings).bind_socket()
     workers = []

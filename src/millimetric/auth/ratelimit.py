@@ -112,8 +112,11 @@ class RedisLimiter:
             self.failures += 1
             if time.monotonic() - self._warned_at > WARN_EVERY_SECONDS:
                 self._warned_at = time.monotonic()
-                log.warning("rate limiting is failing open: Redis error %s (%d failures so far)",
-                            type(exc).__name__, self.failures)
+                log.warning(
+                    "rate limiting is failing open: Redis error %s (%d failures so far)",
+                    type(exc).__name__,
+                    self.failures,
+                )
             return 0.0
         return 0.0 if taken == 1 else wait_us / 1e6
 

@@ -13,14 +13,39 @@ from typing import Iterable, NamedTuple
 METRICS = ("count", "uniques", "sessions", "users")
 INTERVALS = ("hour", "day", "week", "month")
 GROUP_BY = (
-    "event_name", "source", "medium", "campaign", "country", "device_type", "browser", "os", "path", "referrer_host",
+    "event_name",
+    "source",
+    "medium",
+    "campaign",
+    "country",
+    "device_type",
+    "browser",
+    "os",
+    "path",
+    "referrer_host",
 )
 BREAKDOWNS = ("source_medium", "source")
 FILTERS = ("event", "source", "medium", "user_id", "anonymous_id", "country", "session_id")
 # The fields of a raw row (GET /v1/query), in answer order.
 ROW_FIELDS = (
-    "timestamp", "event_id", "event_name", "anonymous_id", "user_id", "session_id", "source", "medium", "campaign",
-    "source_confidence", "source_rule_id", "referrer", "url", "path", "country", "device_type", "browser", "os",
+    "timestamp",
+    "event_id",
+    "event_name",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "source",
+    "medium",
+    "campaign",
+    "source_confidence",
+    "source_rule_id",
+    "referrer",
+    "url",
+    "path",
+    "country",
+    "device_type",
+    "browser",
+    "os",
     "properties",
 )
 UTC = "UTC"
@@ -99,4 +124,6 @@ def require_mapping(backend: str, kind: str, mapping: Iterable[str], vocabulary:
     missing = set(vocabulary) - set(mapping)
     extra = set(mapping) - set(vocabulary)
     if missing or extra:
-        raise RuntimeError(f"{backend} maps {kind} {sorted(mapping)}: missing {sorted(missing)}, unknown {sorted(extra)}")
+        raise RuntimeError(
+            f"{backend} maps {kind} {sorted(mapping)}: missing {sorted(missing)}, unknown {sorted(extra)}"
+        )

@@ -108,8 +108,11 @@ class Backfill:
             events = [event for _, _, event in batch]
             try:
                 rows, dropped = pipeline.accept(
-                    events, [base.with_context(e.context) for e in events],
-                    self._project.retention_days, _PREFIX, self._steps,
+                    events,
+                    [base.with_context(e.context) for e in events],
+                    self._project.retention_days,
+                    _PREFIX,
+                    self._steps,
                 )
             except ApiError as error:
                 failing = _failing_indexes(error)

@@ -52,17 +52,12 @@ class Attribution(NamedTuple):
     rule_id: str
 
 
-
 _SIGNALS = load_data("attribution.yaml")
 _CLICK_IDS: dict[str, str] = _SIGNALS["click_ids"]
 _FB_AD_REDIRECT_HOSTS = frozenset(_SIGNALS["fb_ad_redirect_hosts"])
 _PAID_MEDIUMS = frozenset(_SIGNALS["paid_mediums"])
 _EMAIL_MEDIUMS = frozenset(_SIGNALS["email_mediums"])
-_SOURCE_ALIASES = {
-    alias: source
-    for source, aliases in _SIGNALS["utm_source_aliases"].items()
-    for alias in aliases
-}
+_SOURCE_ALIASES = {alias: source for source, aliases in _SIGNALS["utm_source_aliases"].items() for alias in aliases}
 _META_SOURCES = frozenset(_SIGNALS["utm_source_aliases"])
 
 # referrers.yaml group -> (medium, rule_id) of the rule that group feeds (rules 7-11).
@@ -81,21 +76,15 @@ _REFERRERS: dict[str, tuple[str, str, str]] = {
 }
 
 # Bundled public suffix list only: classifying must never touch the network.
-_extract = tldextract.TLDExtract(
-    suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True
-)
+_extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
 _HOSTNAME = re.compile(r"[\w.:-]+")
 
 
 @lru_cache(maxsize=16384)  # pages, campaigns and referrers repeat; the function is pure
-def classify(
-    url: str | None, referrer: str | None, request_host: str | None = None
-) -> Attribution:
+def classify(url: str | None, referrer: str | None, request_host: str | None = None) -> Attribution:
     """Attribute a hit on `url`, reached from `referrer`, received on `request_host`."""
     params = _params(url or "")
-    source, medium, confidence, rule_id = _first_match(
-        params, url or "", _host(referrer or ""), request_host or ""
-    )
+    source, medium, confidence, rule_id = _first_match(params, url or "", _host(referrer or ""), request_host or "")
     return Attribution(source, medium, params.get("utm_campaign"), confidence, rule_id)
 
 

@@ -54,9 +54,7 @@ def new_row(event: TrackEvent, properties: str, visit: Visit) -> EventRow:
     )
 
 
-def run(
-    items: list[tuple[EventRow, Visit]], steps: tuple[Step, ...] = STEPS
-) -> tuple[list[EventRow], Counter[str]]:
+def run(items: list[tuple[EventRow, Visit]], steps: tuple[Step, ...] = STEPS) -> tuple[list[EventRow], Counter[str]]:
     """Rows that survived every step, and how many were dropped for which reason."""
     kept: list[EventRow] = []
     dropped: Counter[str] = Counter()

@@ -32,7 +32,6 @@ class Device(NamedTuple):
     is_bot: bool
 
 
-
 def _by_family(groups: dict[str, list[str]]) -> dict[str, str]:
     return {family: name for name, families in groups.items() for family in families}
 

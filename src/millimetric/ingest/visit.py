@@ -88,9 +88,7 @@ class VisitFactory:
             salt = await asyncio.to_thread(self._fetch_salt, day)
         return self._visit(project, now, salt, ip, user_agent, request_host, proxy_country)
 
-    def visit(
-        self, project: Project, ip: str, user_agent: str, request_host: str, proxy_country: str = ""
-    ) -> Visit:
+    def visit(self, project: Project, ip: str, user_agent: str, request_host: str, proxy_country: str = "") -> Visit:
         """Blocking (it reads the control plane when the day's salt is not in memory): call it
         off the event loop; handlers use `visit_async`."""
         now = self._clock()
@@ -101,7 +99,13 @@ class VisitFactory:
         return self._visit(project, now, salt, ip, user_agent, request_host, proxy_country)
 
     def _visit(
-        self, project: Project, now: dt.datetime, salt: bytes, ip: str, user_agent: str, request_host: str,
+        self,
+        project: Project,
+        now: dt.datetime,
+        salt: bytes,
+        ip: str,
+        user_agent: str,
+        request_host: str,
         proxy_country: str,
     ) -> Visit:
         pepper, project_id = self._control.pepper, project.id

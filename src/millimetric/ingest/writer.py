@@ -73,8 +73,12 @@ class Writer:
                 started = time.perf_counter()
                 try:
                     await self._sink.append(rows)
-                    log.debug("committed %d events from %d requests in %.1f ms",
-                              len(rows), len(taken), (time.perf_counter() - started) * 1000)
+                    log.debug(
+                        "committed %d events from %d requests in %.1f ms",
+                        len(rows),
+                        len(taken),
+                        (time.perf_counter() - started) * 1000,
+                    )
                 except Exception as exc:  # the store refused or is unreachable: every waiter hears it
                     log.exception("event store write failed (%d events)", len(rows))
                     error = exc

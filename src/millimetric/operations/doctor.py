@@ -71,8 +71,13 @@ def _network(settings: Settings) -> list[Finding]:
         ipaddress.ip_network(cidr, strict=False)
     findings = [Finding("ok", "network", f"serving on {settings.host}:{settings.port}")]
     if settings.workers > 1 and settings.rate_limits and not settings.redis_url:
-        findings.append(Finding("warn", "network", f"{settings.workers} workers keep separate rate-limit budgets: "
-                                                   "set MILLIMETRIC_REDIS_URL to share them"))
+        findings.append(
+            Finding(
+                "warn",
+                "network",
+                f"{settings.workers} workers keep separate rate-limit budgets: set MILLIMETRIC_REDIS_URL to share them",
+            )
+        )
     return findings
 
 
@@ -100,8 +105,14 @@ def _control_plane(settings: Settings) -> list[Finding]:
         return [Finding("ok", "control plane", "empty: the first start creates its tables")]
     known = {revision.revision for revision in script.walk_revisions()}
     if current not in known:
-        return [Finding("fail", "control plane", f"at revision {current}, unknown to this build (newest {head}): "
-                                                 "it was written by a newer millimetric; run that version")]
+        return [
+            Finding(
+                "fail",
+                "control plane",
+                f"at revision {current}, unknown to this build (newest {head}): "
+                "it was written by a newer millimetric; run that version",
+            )
+        ]
     if current != head:
         return [Finding("ok", "control plane", f"at revision {current}; the next start migrates it to {head}")]
     return [Finding("ok", "control plane", f"reachable, schema current ({head})")]
@@ -114,16 +125,27 @@ def _event_store(settings: Settings) -> list[Finding]:
         return [Finding("fail", name, f"{found['path']} cannot be read: {found['error']}")]
     findings = []
     if found.get("served_by_server"):
-        findings.append(Finding("ok", name, f"served by a running server ({found['unflushed_events']} events "
-                                            "waiting for their bulk insert)"))
+        findings.append(
+            Finding(
+                "ok",
+                name,
+                f"served by a running server ({found['unflushed_events']} events waiting for their bulk insert)",
+            )
+        )
     elif not found["exists"]:
         findings.append(Finding("ok", name, f"{found['path']} does not exist yet; the first start creates it"))
     else:
         findings.append(Finding("ok", name, f"{found['path']}: {found.get('events', 0):,} events, not in use"))
     fmt, known = found.get("format"), found["format_known"]
     if isinstance(fmt, int) and isinstance(known, int) and fmt > known:
-        findings.append(Finding("fail", name, f"format {fmt} is newer than this build knows ({known}): it was "
-                                              "written by a newer millimetric; run that version"))
+        findings.append(
+            Finding(
+                "fail",
+                name,
+                f"format {fmt} is newer than this build knows ({known}): it was "
+                "written by a newer millimetric; run that version",
+            )
+        )
     elif isinstance(fmt, int) and isinstance(known, int) and fmt < known:
         findings.append(Finding("ok", name, f"format {fmt}; the next start migrates it to {known}"))
     if found["newer_journal_files"]:
@@ -131,11 +153,23 @@ def _event_store(settings: Settings) -> list[Finding]:
         assert isinstance(newer, list)
         findings.append(Finding("fail", name, "journal files of a newer millimetric: " + ", ".join(newer)))
     elif found["unflushed_journal_files"] and not found.get("served_by_server"):
-        findings.append(Finding("ok", name, f"{found['unflushed_journal_files']} journal files left by a stop or "
-                                            "crash: the next start replays them"))
+        findings.append(
+            Finding(
+                "ok",
+                name,
+                f"{found['unflushed_journal_files']} journal files left by a stop or "
+                "crash: the next start replays them",
+            )
+        )
     if found["quarantined_files"]:
-        findings.append(Finding("warn", name, f"{found['quarantined_files']} quarantined journal files (events "
-                                              f"that could not be stored) in {found['quarantine']}"))
+        findings.append(
+            Finding(
+                "warn",
+                name,
+                f"{found['quarantined_files']} quarantined journal files (events "
+                f"that could not be stored) in {found['quarantine']}",
+            )
+        )
     return findings
 
 

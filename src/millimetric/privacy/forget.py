@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 from typing import Callable, TypeVar
@@ -141,7 +142,7 @@ class ForgetRunner:
             if due > self._clock():
                 next_due = due if next_due is None else min(next_due, due)
                 continue
-            retry_at = await _to_thread_to_the_end(lambda job=job: self._run_one(job))
+            retry_at = await _to_thread_to_the_end(functools.partial(self._run_one, job))
             if retry_at is not None:
                 next_due = retry_at if next_due is None else min(next_due, retry_at)
         return next_due
@@ -158,11 +159,13 @@ class ForgetRunner:
             error = describe_error(exc, job.user_id)
             retry_at = self._clock() + dt.timedelta(seconds=backoff(attempt, self._retry_base, self._retry_max))
             log.warning(
-                "forget job %s: attempt %d failed (%s); trying again at %s", job.id, attempt, error,
+                "forget job %s: attempt %d failed (%s); trying again at %s",
+                job.id,
+                attempt,
+                error,
                 retry_at.isoformat(timespec="seconds"),
             )
             self._control.fail_forget_attempt(job.id, error, retry_at)
             return retry_at
         self._control.finish_forget_job(job.id, deleted)
         return None
-

@@ -106,32 +106,58 @@ def slugify(name: str) -> str:
     return slug[:60] or "project"
 
 
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
+def _aware_or_none(value: dt.datetime | None) -> dt.datetime | None:
     """SQLite hands back naive datetimes; every stored time is UTC."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=dt.timezone.utc)
     return value
 
 
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+
+
 def _project(row: Any) -> Project:
     return Project(
-        row.id, row.account_id, row.slug, row.name, list(row.allowed_origins or []),
-        row.retention_days, bool(row.keep_bots), _aware(row.created_at), dict(row.rate_limits or {}),
+        row.id,
+        row.account_id,
+        row.slug,
+        row.name,
+        list(row.allowed_origins or []),
+        row.retention_days,
+        bool(row.keep_bots),
+        _aware(row.created_at),
+        dict(row.rate_limits or {}),
     )
 
 
 def _job(row: Any) -> ForgetJob:
     return ForgetJob(
-        row.id, row.project_id, row.user_id, row.status, row.deleted_rows,
-        _aware(row.created_at), _aware(row.finished_at), row.attempts, row.last_error,
-        _aware(row.next_attempt_at),
+        row.id,
+        row.project_id,
+        row.user_id,
+        row.status,
+        row.deleted_rows,
+        _aware(row.created_at),
+        _aware_or_none(row.finished_at),
+        row.attempts,
+        row.last_error,
+        _aware_or_none(row.next_attempt_at),
     )
 
 
 def _key(row: Any) -> StoredKey:
     return StoredKey(
-        row.prefix, row.account_id, row.project_id, row.kind, row.env, row.name, row.secret_hash,
-        _aware(row.created_at), _aware(row.last_used_at), _aware(row.revoked_at),
+        row.prefix,
+        row.account_id,
+        row.project_id,
+        row.kind,
+        row.env,
+        row.name,
+        row.secret_hash,
+        _aware(row.created_at),
+        _aware_or_none(row.last_used_at),
+        _aware_or_none(row.revoked_at),
     )
 
 
@@ -301,14 +327,16 @@ class ControlPlane:
         """Queue a deletion and tombstone the user in one transaction."""
         job_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
-            conn.execute(forget_jobs.insert().values(
-                id=job_id, project_id=project_id, user_id=user_id, status="queued", created_at=utcnow()
-            ))
+            conn.execute(
+                forget_jobs.insert().values(
+                    id=job_id, project_id=project_id, user_id=user_id, status="queued", created_at=utcnow()
+                )
+            )
             match = sa.and_(tombstones.c.project_id == project_id, tombstones.c.user_hash == user_hash)
             if conn.execute(tombstones.update().where(match).values(expires_at=tombstone_until)).rowcount == 0:
-                conn.execute(tombstones.insert().values(
-                    project_id=project_id, user_hash=user_hash, expires_at=tombstone_until
-                ))
+                conn.execute(
+                    tombstones.insert().values(project_id=project_id, user_hash=user_hash, expires_at=tombstone_until)
+                )
         return job_id
 
     def get_forget_job(self, job_id: str) -> ForgetJob | None:
@@ -320,24 +348,42 @@ class ControlPlane:
         """Queued jobs, failed ones (to retry), and running ones a crash interrupted (deletion is
         idempotent), oldest first."""
         with self.engine.connect() as conn:
-            return [_job(r) for r in conn.execute(
-                sa.select(forget_jobs).where(forget_jobs.c.status.in_(("queued", "running", "failed")))
-                .order_by(forget_jobs.c.created_at)
-            )]
+            return [
+                _job(r)
+                for r in conn.execute(
+                    sa.select(forget_jobs)
+                    .where(forget_jobs.c.status.in_(("queued", "running", "failed")))
+                    .order_by(forget_jobs.c.created_at)
+                )
+            ]
 
     def start_forget_attempt(self, job_id: str) -> None:
         """The job is running: one more attempt."""
         with self.engine.begin() as conn:
-            conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(
-                status="running", attempts=forget_jobs.c.attempts + 1, next_attempt_at=None, finished_at=None,
-            ))
+            conn.execute(
+                forget_jobs.update()
+                .where(forget_jobs.c.id == job_id)
+                .values(
+                    status="running",
+                    attempts=forget_jobs.c.attempts + 1,
+                    next_attempt_at=None,
+                    finished_at=None,
+                )
+            )
 
     def fail_forget_attempt(self, job_id: str, error: str, retry_at: dt.datetime) -> None:
         """The attempt failed (`error`: a short message without the user id); retry at `retry_at`."""
         with self.engine.begin() as conn:
-            conn.execute(forget_jobs.update().where(forget_jobs.c.id == job_id).values(
-                status="failed", last_error=error[:200], next_attempt_at=retry_at, finished_at=None,
-            ))
+            conn.execute(
+                forget_jobs.update()
+                .where(forget_jobs.c.id == job_id)
+                .values(
+                    status="failed",
+                    last_error=error[:200],
+                    next_attempt_at=retry_at,
+                    finished_at=None,
+                )
+            )
 
     def finish_forget_job(self, job_id: str, deleted_rows: int) -> None:
         """The data is gone: done, and the user id is no longer kept."""
@@ -370,4 +416,4 @@ class ControlPlane:
     def dropped_counts(self, project_id: str) -> dict[str, int]:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(dropped_events).where(dropped_events.c.project_id == project_id))
-            return {r.reason: r.count for r in rows}
+            return {r.reason: int(r._mapping["count"]) for r in rows}

@@ -97,7 +97,9 @@ class _AppendChannel:
         sock = self._socket
         try:
             async with asyncio.timeout(timeout):
-                await loop.sock_sendall(sock, wire.LENGTH.pack(wire.LENGTH.size + len(payload)) + wire.LENGTH.pack(count))
+                await loop.sock_sendall(
+                    sock, wire.LENGTH.pack(wire.LENGTH.size + len(payload)) + wire.LENGTH.pack(count)
+                )
                 await loop.sock_sendall(sock, payload)  # not joined to the header: no copy of it
                 (length,) = wire.LENGTH.unpack(await wire.receive(loop, sock, wire.LENGTH.size))
                 error = await wire.receive(loop, sock, length)

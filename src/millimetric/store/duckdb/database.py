@@ -54,8 +54,15 @@ FLUSH_EVENTS = 2 * 122_880
 MAX_UNFLUSHED_BYTES = 256 * 1024 * 1024
 # A frame that fails on its own with one of these can never be inserted: it is quarantined.
 # Anything else (I/O, memory, a transaction conflict) may pass on a later try and keeps its frame.
-_POISON = (ValueError, TypeError, KeyError, pa.ArrowException, duckdb.DataError, duckdb.IntegrityError,
-           duckdb.ProgrammingError)
+_POISON = (
+    ValueError,
+    TypeError,
+    KeyError,
+    pa.ArrowException,
+    duckdb.DataError,
+    duckdb.IntegrityError,
+    duckdb.ProgrammingError,
+)
 
 
 class EventDatabase:
@@ -70,9 +77,13 @@ class EventDatabase:
     def __init__(self, path: Path, checkpoint_threshold: str = CHECKPOINT_WAL_BYTES) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = duckdb.connect(str(path), config={
-            "checkpoint_threshold": checkpoint_threshold, "preserve_insertion_order": INSERTION_ORDER,
-        })
+        self._db = duckdb.connect(
+            str(path),
+            config={
+                "checkpoint_threshold": checkpoint_threshold,
+                "preserve_insertion_order": INSERTION_ORDER,
+            },
+        )
         try:
             self._open()
         except BaseException:
@@ -187,10 +198,18 @@ class EventDatabase:
         target = self._quarantine / f"{frame.first_seq:020d}.log"
         write_file(target, [frame])
         with rollup.transaction(self._writer):
-            self._writer.execute("UPDATE journal_state SET flushed_seq = greatest(flushed_seq, $seq)",
-                                 {"seq": frame.next_seq - 1})
-        log.error("event store: quarantined %d events (seqs %d-%d) that cannot be inserted (%s: %s); kept in %s",
-                  frame.events, frame.first_seq, frame.next_seq - 1, type(error).__name__, error, target)
+            self._writer.execute(
+                "UPDATE journal_state SET flushed_seq = greatest(flushed_seq, $seq)", {"seq": frame.next_seq - 1}
+            )
+        log.error(
+            "event store: quarantined %d events (seqs %d-%d) that cannot be inserted (%s: %s); kept in %s",
+            frame.events,
+            frame.first_seq,
+            frame.next_seq - 1,
+            type(error).__name__,
+            error,
+            target,
+        )
 
     def quarantined_files(self) -> int:
         return len(list(self._quarantine.glob("*.log"))) if self._quarantine.exists() else 0

@@ -18,7 +18,10 @@ def inspect(path: Path) -> dict[str, Any]:
     `format`, `format_known` (this build's), `unflushed_journal_files`, `newer_journal_files`,
     `quarantined_files`, `events` (when the file could be read), `error` (when it could not)."""
     found: dict[str, Any] = {
-        "path": str(path), "exists": path.exists(), "format_known": migrations.VERSION, "served_by_server": False,
+        "path": str(path),
+        "exists": path.exists(),
+        "format_known": migrations.VERSION,
+        "served_by_server": False,
     }
     journal_files = sorted(path.with_suffix(".journal").glob("*.log"))
     found["unflushed_journal_files"] = len(journal_files)

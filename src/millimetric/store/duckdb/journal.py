@@ -130,8 +130,9 @@ class Journal:
 
 
 def frame_bytes(frame: Frame) -> bytes:
-    header = _HEADER.pack(frame.first_seq, frame.events, len(frame.payload), zlib.crc32(frame.payload),
-                          frame.payload_format)
+    header = _HEADER.pack(
+        frame.first_seq, frame.events, len(frame.payload), zlib.crc32(frame.payload), frame.payload_format
+    )
     return header + frame.payload
 
 
@@ -171,8 +172,9 @@ def read_file(path: Path) -> list[Frame]:
         frames.append(Frame(first_seq, count, payload, rest[0] if rest else 1))
         offset += header.size + length
     if offset < len(data):
-        log.warning("journal %s: %d bytes after the last whole frame ignored (a write cut short)",
-                    path.name, len(data) - offset)
+        log.warning(
+            "journal %s: %d bytes after the last whole frame ignored (a write cut short)", path.name, len(data) - offset
+        )
     return frames
 
 

@@ -258,8 +258,13 @@ def select_sources(cur: duckdb.DuckDBPyConnection, project_id: str, plan: Source
     # subquery it kept DuckDB from skipping row groups (40 ms instead of 2 at 10M events).
     with transaction(cur):
         params = {
-            "project_id": project_id, "start": plan.range.start, "end": plan.range.end, "covered": covered_seq(cur),
-            "first_day": first_day, "end_day": end_day, "limit": plan.limit,
+            "project_id": project_id,
+            "start": plan.range.start,
+            "end": plan.range.end,
+            "covered": covered_seq(cur),
+            "first_day": first_day,
+            "end_day": end_day,
+            "limit": plan.limit,
         }
         rows = cur.execute(sql, params).fetchall()
     if plan.breakdown == "source_medium":

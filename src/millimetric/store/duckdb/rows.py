@@ -18,6 +18,7 @@ from millimetric.events.model import COLUMNS, EventRow
 # 1: two Arrow IPC messages, every string column end to end in one array, then the timestamps.
 PAYLOAD_FORMAT = 1
 
+
 class PayloadFormatError(RuntimeError):
     """Rows encoded by a newer release: refused (not quarantined), so nothing is lost on a downgrade."""
 

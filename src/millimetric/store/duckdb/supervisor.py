@@ -52,8 +52,10 @@ class StoreProcess:
         from millimetric.store.duckdb import child
 
         process = _CONTEXT.Process(
-            target=child.serve, args=(self.path, self.address, child_end, self._open_timeout),
-            name="millimetric-store", daemon=True,
+            target=child.serve,
+            args=(self.path, self.address, child_end, self._open_timeout),
+            name="millimetric-store",
+            daemon=True,
         )
         process.start()
         child_end.close()
