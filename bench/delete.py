@@ -67,6 +67,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import query  # noqa: E402  bench/query.py, beside this file: its synthetic traffic and helpers
+from ingest import Server, child_env  # noqa: E402  bench/ingest.py: the server process and its environment
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -182,58 +183,6 @@ def load(work: Path, data_dir: Path, args: argparse.Namespace, end: dt.datetime)
 
 
 # The server ---------------------------------------------------------------------------------------
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The caller's environment without any MILLIMETRIC_* setting (no stray database URL etc.)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MILLIMETRIC_")}
-    return {**env, **(extra or {})}
-
-
-class Server:
-    def __init__(self, data_dir: Path, log_path: Path, extra_env: dict[str, str]) -> None:
-        self.data_dir, self.log_path = data_dir, log_path
-        self.port = query.free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = child_env({"MILLIMETRIC_RATE_LIMITS": "off", "MILLIMETRIC_LOG_LEVEL": "warning", **extra_env})
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 300.0) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "millimetric", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-                stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                sys.exit(f"server exited early ({self.proc.returncode}):\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.kill()
-        sys.exit(f"server did not become healthy in {timeout:.0f}s:\n{self.log_path.read_text()[-3000:]}")
-
-    def stop(self, timeout: float = 300.0) -> tuple[int | None, float]:
-        """SIGTERM (the server drains and checkpoints); returns (exit code, seconds it took)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return (self.proc.returncode if self.proc else None), 0.0
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            code = None
-        return code, round(time.monotonic() - started, 2)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
 def server_log_problems(path: Path, keep: int = 10) -> dict[str, Any]:
     try:
         lines = path.read_text(errors="replace").splitlines()
@@ -557,7 +506,7 @@ def main() -> int:
     track_url = f"{server.url}/v1/track"
     try:
         started = time.monotonic()
-        server.start()
+        server.start(timeout=600.0)  # the first start after a load may migrate the event store
         print(f"server: pid {server.proc.pid} on {server.url}, {args.workers} worker(s), "
               f"healthy after {time.monotonic() - started:.1f} s")
         print(f"wrk: {args.threads} thread(s), {args.connections} connections, {pace}; /v1/track body ~{body_bytes} B")
@@ -696,7 +645,7 @@ def main() -> int:
         }
     finally:
         Wrk.kill_all()
-        code, stop_seconds = server.stop()
+        code, stop_seconds = server.stop(timeout=600.0)
     results["server_stop"] = {"exit_code": code, "seconds": stop_seconds}
     results["server_log"] = server_log_problems(log_path)
 
