@@ -65,8 +65,9 @@ def bearer(token: str, **extra: str) -> dict[str, str]:
 
 
 def stored_events(client: TestClient, where: str = "true", params: tuple = ()) -> list[dict]:
-    names, rows = query_stored(client.app.state.services.events, f"SELECT * FROM events WHERE {where} ORDER BY seq",
-                               list(params))
+    names, rows = query_stored(
+        client.app.state.services.events, f"SELECT * FROM events WHERE {where} ORDER BY seq", list(params)
+    )
     return [dict(zip(names, row)) for row in rows]
 
 
@@ -94,7 +95,10 @@ def free_port() -> int:
 def cli(*args: str, data_dir: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "millimetric", *args, "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=True, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -121,7 +125,10 @@ class ServerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "millimetric", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -151,7 +158,9 @@ class ServerProcess:
 def server_factory(tmp_path: Path) -> Iterator:
     started: list[ServerProcess] = []
 
-    def factory(data_dir: Path | None = None, env: dict[str, str] | None = None, port: int | None = None) -> ServerProcess:
+    def factory(
+        data_dir: Path | None = None, env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServerProcess:
         server = ServerProcess(data_dir or tmp_path / "data", env, port)
         started.append(server)
         return server.start()

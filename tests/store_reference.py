@@ -100,17 +100,27 @@ class ReferenceStore:
 
     # Selection --------------------------------------------------------------------------------
     def _linked(self, project_id: str, user_id: str) -> set[str]:
-        return {r.anonymous_id for _, r in self.events
-                if r.project_id == project_id and r.event_name == IDENTIFY_EVENT and r.user_id == user_id}
+        return {
+            r.anonymous_id
+            for _, r in self.events
+            if r.project_id == project_id and r.event_name == IDENTIFY_EVENT and r.user_id == user_id
+        }
 
     def selected(self, project_id: str, time_range: TimeRange, filters: Filters) -> Iterator[tuple[int, EventRow]]:
         linked = self._linked(project_id, filters.user_id) if filters.user_id is not None else set()
-        plain = {"event": "event_name", "source": "source", "medium": "medium", "anonymous_id": "anonymous_id",
-                 "country": "country"}
+        plain = {
+            "event": "event_name",
+            "source": "source",
+            "medium": "medium",
+            "anonymous_id": "anonymous_id",
+            "country": "country",
+        }
         for seq, row in self.events:
             if row.project_id != project_id or not time_range.start <= row.timestamp < time_range.end:
                 continue
-            if any(getattr(filters, f) is not None and getattr(row, c) != getattr(filters, f) for f, c in plain.items()):
+            if any(
+                getattr(filters, f) is not None and getattr(row, c) != getattr(filters, f) for f, c in plain.items()
+            ):
                 continue
             if filters.session_id is not None and session_id(row) != filters.session_id:
                 continue
@@ -125,10 +135,13 @@ class ReferenceStore:
             matching = list(self.selected(project_id, plan.range, plan.filters))
         else:
             after_us, after_seq, snapshot = _CURSOR.unpack(plan.after)
-            matching = [(seq, r) for seq, r in self.selected(project_id, plan.range, plan.filters)
-                        if seq <= snapshot and (epoch_us(r.timestamp), seq) < (after_us, after_seq)]
+            matching = [
+                (seq, r)
+                for seq, r in self.selected(project_id, plan.range, plan.filters)
+                if seq <= snapshot and (epoch_us(r.timestamp), seq) < (after_us, after_seq)
+            ]
         matching.sort(key=lambda item: (item[1].timestamp, item[0]), reverse=True)
-        page = matching[:plan.limit]
+        page = matching[: plan.limit]
         more = len(matching) > plan.limit
         after = _CURSOR.pack(epoch_us(page[-1][1].timestamp), page[-1][0], snapshot) if more else None
         return RowsPage([row_tuple(r) for _, r in page], after)
@@ -156,7 +169,7 @@ class ReferenceStore:
         answer = [key + (value(members),) for key, members in groups.items()]
         n = len(plan.group_by)
         answer.sort(key=lambda r: (r[n] if plan.interval is not None else 0, -r[-1], *map(_nulls_first, r[:n])))
-        return answer[:plan.limit]
+        return answer[: plan.limit]
 
     def sources(self, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
         groups: dict[tuple, list[EventRow]] = {}
@@ -164,12 +177,17 @@ class ReferenceStore:
             medium = row.medium if plan.breakdown == "source_medium" else None
             groups.setdefault((row.source, medium), []).append(row)
         answer = [
-            SourceRow(source, medium, len(members), len({r.anonymous_id for r in members}),
-                      sum(r.medium == "paid" for r in members))
+            SourceRow(
+                source,
+                medium,
+                len(members),
+                len({r.anonymous_id for r in members}),
+                sum(r.medium == "paid" for r in members),
+            )
             for (source, medium), members in groups.items()
         ]
         answer.sort(key=lambda s: (-s.events, s.source, s.medium or ""))
-        return answer[:plan.limit]
+        return answer[: plan.limit]
 
     # Deletes ----------------------------------------------------------------------------------
     def _delete(self, gone) -> int:

@@ -19,11 +19,17 @@ def assert_error(response, status, code):
 
 def test_missing_bearer_token(client, keys):
     assert_error(client.post("/v1/track", json=TRACK), 401, "missing_bearer_token")
-    assert_error(client.post("/v1/track", json=TRACK, headers={"Authorization": "Basic abc"}), 401, "missing_bearer_token")
-    assert_error(client.post("/v1/track", json=TRACK, headers={"Authorization": "Bearer "}), 401, "missing_bearer_token")
+    assert_error(
+        client.post("/v1/track", json=TRACK, headers={"Authorization": "Basic abc"}), 401, "missing_bearer_token"
+    )
+    assert_error(
+        client.post("/v1/track", json=TRACK, headers={"Authorization": "Bearer "}), 401, "missing_bearer_token"
+    )
 
 
-@pytest.mark.parametrize("token", ["nope", "pk_live_123_abc", "qk_live_0123abcd_" + "x" * 40, "sk_prod_0123abcd_" + "x" * 40])
+@pytest.mark.parametrize(
+    "token", ["nope", "pk_live_123_abc", "qk_live_0123abcd_" + "x" * 40, "sk_prod_0123abcd_" + "x" * 40]
+)
 def test_malformed_api_key(client, keys, token):
     assert_error(client.post("/v1/track", json=TRACK, headers=bearer(token)), 401, "malformed_api_key")
 
@@ -64,8 +70,10 @@ def test_server_keys_ignore_origin(client, keys):
     assert client.post("/v1/track", json=TRACK, headers=headers).status_code == 202
 
 
-@pytest.mark.parametrize("path,body", [("/v1/track", TRACK), ("/v1/batch", {"events": [TRACK]}),
-                                       ("/v1/identify", {"anonymous_id": "a", "user_id": "u"})])
+@pytest.mark.parametrize(
+    "path,body",
+    [("/v1/track", TRACK), ("/v1/batch", {"events": [TRACK]}), ("/v1/identify", {"anonymous_id": "a", "user_id": "u"})],
+)
 def test_read_and_account_keys_cannot_ingest(client, keys, path, body):
     assert_error(client.post(path, json=body, headers=bearer(keys.rk)), 403, "insufficient_scope")
     services = client.app.state.services

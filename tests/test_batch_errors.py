@@ -27,26 +27,37 @@ def invalid(response):
 
 def test_type_and_rule_errors_of_every_event_are_named(client, keys):
     events = [
-        {"event": "ok"},                                             # 0 valid
-        {"url": "https://shop.example.com/"},                        # 1 missing event
-        {"event": 5},                                                # 2 wrong type
-        {"event": "ok", "timestamp": PAST},                          # 3 valid
-        {"event": "x", "url": "nope"},                               # 4 not an absolute URL
-        {"event": "$secret"},                                        # 5 reserved name
-        {"event": "x", "properties": TOO_BIG},                       # 6 properties too big
-        {"event": "$bad", "url": [], "timestamp": FUTURE},           # 7 one type error and two rule errors
-        {"event": "x", "timestamp": FUTURE},                         # 8 in the future
-        {"event": 5, "user_id": "", "context": {"ip": 7}},           # 9 three type errors
-        "not an object",                                             # 10
-        {"event": "x", "timestamp": "yesterday"},                    # 11 not a datetime
-        {"event": "x", "properties": [1, 2]},                        # 12 properties not an object
+        {"event": "ok"},  # 0 valid
+        {"url": "https://shop.example.com/"},  # 1 missing event
+        {"event": 5},  # 2 wrong type
+        {"event": "ok", "timestamp": PAST},  # 3 valid
+        {"event": "x", "url": "nope"},  # 4 not an absolute URL
+        {"event": "$secret"},  # 5 reserved name
+        {"event": "x", "properties": TOO_BIG},  # 6 properties too big
+        {"event": "$bad", "url": [], "timestamp": FUTURE},  # 7 one type error and two rule errors
+        {"event": "x", "timestamp": FUTURE},  # 8 in the future
+        {"event": 5, "user_id": "", "context": {"ip": 7}},  # 9 three type errors
+        "not an object",  # 10
+        {"event": "x", "timestamp": "yesterday"},  # 11 not a datetime
+        {"event": "x", "properties": [1, 2]},  # 12 properties not an object
     ]
     details = invalid(post_batch(client, keys.sk, events))
     errors = details["fieldErrors"]
     assert set(errors) == {
-        "events.1.event", "events.2.event", "events.4.url", "events.5.event", "events.6.properties",
-        "events.7.event", "events.7.url", "events.7.timestamp", "events.8.timestamp",
-        "events.9.event", "events.9.user_id", "events.9.context.ip", "events.10", "events.11.timestamp",
+        "events.1.event",
+        "events.2.event",
+        "events.4.url",
+        "events.5.event",
+        "events.6.properties",
+        "events.7.event",
+        "events.7.url",
+        "events.7.timestamp",
+        "events.8.timestamp",
+        "events.9.event",
+        "events.9.user_id",
+        "events.9.context.ip",
+        "events.10",
+        "events.11.timestamp",
         "events.12.properties",
     }
     assert errors["events.1.event"] == ["Required"]
@@ -65,8 +76,13 @@ def test_type_and_rule_errors_of_every_event_are_named(client, keys):
 
 def test_rule_errors_alone_name_every_event(client, keys):
     """Every event well typed: the per-event rules run after the one-pass decode, for all events."""
-    events = [{"event": "ok"}, {"event": "$x"}, {"event": "ok"}, {"event": "x", "url": "ftp://a/b"},
-              {"event": "x", "timestamp": FUTURE, "properties": TOO_BIG}]
+    events = [
+        {"event": "ok"},
+        {"event": "$x"},
+        {"event": "ok"},
+        {"event": "x", "url": "ftp://a/b"},
+        {"event": "x", "timestamp": FUTURE, "properties": TOO_BIG},
+    ]
     errors = invalid(post_batch(client, keys.sk, events))["fieldErrors"]
     assert set(errors) == {"events.1.event", "events.3.url", "events.4.timestamp", "events.4.properties"}
     assert stored_events(client) == []
@@ -75,13 +91,18 @@ def test_rule_errors_alone_name_every_event(client, keys):
 def test_the_project_retention_is_checked_next_to_type_errors(client, keys):
     client.app.state.services.control.set_retention(keys.project_id, 30)
     now = dt.datetime.now(dt.timezone.utc)
-    events = [{"event": 1}, {"event": "x", "timestamp": (now - dt.timedelta(days=40)).isoformat()},
-              {"event": "x", "timestamp": (now - dt.timedelta(days=10)).isoformat()},
-              {"event": "x", "timestamp": "1999-12-31T00:00:00Z"}]
+    events = [
+        {"event": 1},
+        {"event": "x", "timestamp": (now - dt.timedelta(days=40)).isoformat()},
+        {"event": "x", "timestamp": (now - dt.timedelta(days=10)).isoformat()},
+        {"event": "x", "timestamp": "1999-12-31T00:00:00Z"},
+    ]
     errors = invalid(post_batch(client, keys.sk, events))["fieldErrors"]
-    assert errors == {"events.0.event": ["Expected `str`, got `int`"],
-                      "events.1.timestamp": ["Older than the project's retention of 30 days"],
-                      "events.3.timestamp": ["Before 2000-01-01"]}
+    assert errors == {
+        "events.0.event": ["Expected `str`, got `int`"],
+        "events.1.timestamp": ["Older than the project's retention of 30 days"],
+        "events.3.timestamp": ["Before 2000-01-01"],
+    }
 
 
 @pytest.mark.parametrize("bad", [{"event": 5}, {"event": "$nope"}], ids=["type errors", "rule errors"])
@@ -102,16 +123,21 @@ def test_a_cut_list_counts_paths_not_events(client, keys):
 
 
 def test_a_valid_batch_is_stored(client, keys):
-    events = [{"event": "e", "event_id": str(i), "url": "https://shop.example.com/", "timestamp": PAST} for i in range(500)]
+    events = [
+        {"event": "e", "event_id": str(i), "url": "https://shop.example.com/", "timestamp": PAST} for i in range(500)
+    ]
     r = post_batch(client, keys.sk, events)
     assert (r.status_code, r.json()) == (202, {"ok": True, "count": 500})
     assert len(stored_events(client)) == 500
 
 
-@pytest.mark.parametrize("body,form_error", [
-    (b'{"events": [{"event": "x"},', "Body is not valid JSON (UTF-8)"),
-    (b'{"events": [{"event": "x", "properties": ' + b"[" * 2000 + b"]" * 2000 + b"}]}", None),
-])
+@pytest.mark.parametrize(
+    "body,form_error",
+    [
+        (b'{"events": [{"event": "x"},', "Body is not valid JSON (UTF-8)"),
+        (b'{"events": [{"event": "x", "properties": ' + b"[" * 2000 + b"]" * 2000 + b"}]}", None),
+    ],
+)
 def test_malformed_bodies_answer_a_form_error(client, keys, body, form_error):
     r = client.post("/v1/batch", headers=bearer(keys.sk), content=body)
     details = invalid(r)
@@ -134,12 +160,28 @@ def test_import_rejects_every_bad_line_even_past_the_cap(tmp_path):
     lines += [json.dumps({"event": "$bad", "event_id": f"bad-{i}", "timestamp": PAST}) for i in range(230)]
     source = tmp_path / "backfill.ndjson"
     source.write_text("\n".join(lines) + "\n")
-    result = subprocess.run([sys.executable, "-m", "millimetric", "import", str(source), "--project", "shop", "--json",
-                             "--data-dir", str(data_dir)], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "millimetric",
+            "import",
+            str(source),
+            "--project",
+            "shop",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert (summary["stored"], summary["rejected"]) == (20, 230)
     rejected = [json.loads(line) for line in (tmp_path / "backfill.ndjson.rejected.ndjson").read_text().splitlines()]
     assert sorted(r["line"] for r in rejected) == list(range(21, 251))
-    assert all(r["details"] == {"fieldErrors": {"event": ["Names starting with '$' are reserved"]}, "formErrors": []}
-               for r in rejected)
+    assert all(
+        r["details"] == {"fieldErrors": {"event": ["Names starting with '$' are reserved"]}, "formErrors": []}
+        for r in rejected
+    )

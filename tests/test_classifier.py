@@ -26,11 +26,7 @@ PAGE = "https://shop.example.com/pricing"
 
 
 def entries(group):
-    return [
-        (domain, source)
-        for source, domains in REFERRERS[group].items()
-        for domain in domains
-    ]
+    return [(domain, source) for source, domains in REFERRERS[group].items() for domain in domains]
 
 
 # (url, referrer, request_host) -> (source, medium, campaign, confidence, rule_id)
@@ -48,30 +44,80 @@ CASES = [
     (f"{PAGE}?fbclid=x&gclid=abc", "https://l.facebook.com/", None, ("google", "paid", None, "high", "click_id_gclid")),
     # 2. fbclid through Facebook's link shim
     (f"{PAGE}?fbclid=abc", "https://l.facebook.com/", None, ("facebook", "paid", None, "high", "fb_ad_redirect")),
-    (f"{PAGE}?fbclid=abc", "https://lm.facebook.com/l.php?u=x", None, ("facebook", "paid", None, "high", "fb_ad_redirect")),
-    (f"{PAGE}?fbclid=abc&utm_campaign=spring_launch", "https://l.facebook.com/", None, ("facebook", "paid", "spring_launch", "high", "fb_ad_redirect")),
-    (f"{PAGE}?fbclid=abc&utm_source=newsletter", "https://l.facebook.com/", None, ("facebook", "paid", None, "high", "fb_ad_redirect")),
+    (
+        f"{PAGE}?fbclid=abc",
+        "https://lm.facebook.com/l.php?u=x",
+        None,
+        ("facebook", "paid", None, "high", "fb_ad_redirect"),
+    ),
+    (
+        f"{PAGE}?fbclid=abc&utm_campaign=spring_launch",
+        "https://l.facebook.com/",
+        None,
+        ("facebook", "paid", "spring_launch", "high", "fb_ad_redirect"),
+    ),
+    (
+        f"{PAGE}?fbclid=abc&utm_source=newsletter",
+        "https://l.facebook.com/",
+        None,
+        ("facebook", "paid", None, "high", "fb_ad_redirect"),
+    ),
     # 3. fbclid with a Meta utm_source
     (f"{PAGE}?fbclid=abc&utm_source=facebook", None, None, ("facebook", "paid", None, "high", "fbclid_utm_source")),
     (f"{PAGE}?fbclid=abc&utm_source=ig", None, None, ("instagram", "paid", None, "high", "fbclid_utm_source")),
     (f"{PAGE}?fbclid=abc&utm_source=Meta", None, None, ("facebook", "paid", None, "high", "fbclid_utm_source")),
-    (f"{PAGE}?fbclid=abc&utm_source=instagram&utm_medium=social", "https://www.instagram.com/", None, ("instagram", "paid", None, "high", "fbclid_utm_source")),
+    (
+        f"{PAGE}?fbclid=abc&utm_source=instagram&utm_medium=social",
+        "https://www.instagram.com/",
+        None,
+        ("instagram", "paid", None, "high", "fbclid_utm_source"),
+    ),
     # 4. paid utm_medium
     (f"{PAGE}?utm_source=facebook&utm_medium=cpc", None, None, ("facebook", "paid", None, "high", "utm_paid_medium")),
     (f"{PAGE}?utm_medium=cpc", None, None, ("unknown", "paid", None, "medium", "utm_paid_medium")),
-    (f"{PAGE}?utm_source=Google&utm_medium=PPC&utm_campaign=Brand", None, None, ("google", "paid", "Brand", "high", "utm_paid_medium")),
-    (f"{PAGE}?utm_source=ig&utm_medium=paid_social", None, None, ("instagram", "paid", None, "high", "utm_paid_medium")),
-    (f"{PAGE}?utm_source=reddit&utm_medium=display", "https://www.reddit.com/", None, ("reddit", "paid", None, "high", "utm_paid_medium")),
-    (f"{PAGE}?utm_medium=banner", "https://www.google.com/", None, ("unknown", "paid", None, "medium", "utm_paid_medium")),
+    (
+        f"{PAGE}?utm_source=Google&utm_medium=PPC&utm_campaign=Brand",
+        None,
+        None,
+        ("google", "paid", "Brand", "high", "utm_paid_medium"),
+    ),
+    (
+        f"{PAGE}?utm_source=ig&utm_medium=paid_social",
+        None,
+        None,
+        ("instagram", "paid", None, "high", "utm_paid_medium"),
+    ),
+    (
+        f"{PAGE}?utm_source=reddit&utm_medium=display",
+        "https://www.reddit.com/",
+        None,
+        ("reddit", "paid", None, "high", "utm_paid_medium"),
+    ),
+    (
+        f"{PAGE}?utm_medium=banner",
+        "https://www.google.com/",
+        None,
+        ("unknown", "paid", None, "medium", "utm_paid_medium"),
+    ),
     # 5. fbclid alone
     (f"{PAGE}?fbclid=abc", None, None, ("facebook", "paid", None, "medium", "fbclid_only")),
     (f"{PAGE}?fbclid=abc", "https://www.facebook.com/", None, ("facebook", "paid", None, "medium", "fbclid_only")),
     (f"{PAGE}?fbclid=abc&utm_medium=social", None, None, ("facebook", "paid", None, "medium", "fbclid_only")),
     (f"{PAGE}?fbclid=abc", "https://www.google.com/", None, ("facebook", "paid", None, "medium", "fbclid_only")),
     # 6. explicit utm_source
-    (f"{PAGE}?utm_source=newsletter&utm_medium=email&utm_campaign=may", None, None, ("newsletter", "email", "may", "high", "utm_source")),
+    (
+        f"{PAGE}?utm_source=newsletter&utm_medium=email&utm_campaign=may",
+        None,
+        None,
+        ("newsletter", "email", "may", "high", "utm_source"),
+    ),
     (f"{PAGE}?utm_source=Twitter", None, None, ("twitter", "unknown", None, "high", "utm_source")),
-    (f"{PAGE}?utm_source=%20HackerNews%20&utm_medium=Social", "https://www.google.com/", None, ("hackernews", "social", None, "high", "utm_source")),
+    (
+        f"{PAGE}?utm_source=%20HackerNews%20&utm_medium=Social",
+        "https://www.google.com/",
+        None,
+        ("hackernews", "social", None, "high", "utm_source"),
+    ),
     (f"{PAGE}?fbclid=abc&utm_source=newsletter", None, None, ("newsletter", "unknown", None, "high", "utm_source")),
     (f"{PAGE}?utm_source=fb&utm_medium=social", None, None, ("facebook", "social", None, "high", "utm_source")),
     (f"{PAGE}?utm_source=partner&utm_source=other", PAGE, None, ("partner", "unknown", None, "high", "utm_source")),
@@ -80,7 +126,12 @@ CASES = [
     (PAGE, "https://m.facebook.com/story.php", None, ("facebook", "social", None, "medium", "facebook_referrer")),
     (PAGE, "https://l.facebook.com/", None, ("facebook", "social", None, "medium", "facebook_referrer")),
     (PAGE, "https://l.instagram.com/", None, ("instagram", "social", None, "medium", "facebook_referrer")),
-    (f"{PAGE}?utm_campaign=summer", "android-app://com.facebook.katana/", None, ("facebook", "social", "summer", "medium", "facebook_referrer")),
+    (
+        f"{PAGE}?utm_campaign=summer",
+        "android-app://com.facebook.katana/",
+        None,
+        ("facebook", "social", "summer", "medium", "facebook_referrer"),
+    ),
     # 8. other social networks
     (PAGE, "https://t.co/abc123", None, ("twitter", "social", None, "medium", "social_referrer")),
     (PAGE, "https://x.com/someone/status/1", None, ("twitter", "social", None, "medium", "social_referrer")),
@@ -102,7 +153,12 @@ CASES = [
     (PAGE, "https://search.yahoo.com/", None, ("yahoo", "organic", None, "medium", "search_referrer")),
     (PAGE, "https://yandex.ru/search/", None, ("yandex", "organic", None, "medium", "search_referrer")),
     (PAGE, "https://search.brave.com/", None, ("brave", "organic", None, "medium", "search_referrer")),
-    (PAGE, "android-app://com.google.android.googlequicksearchbox/", None, ("google", "organic", None, "medium", "search_referrer")),
+    (
+        PAGE,
+        "android-app://com.google.android.googlequicksearchbox/",
+        None,
+        ("google", "organic", None, "medium", "search_referrer"),
+    ),
     (PAGE, "HTTPS://WWW.GOOGLE.FR:443/", None, ("google", "organic", None, "medium", "search_referrer")),
     # 10. AI assistants
     (PAGE, "https://chatgpt.com/", None, ("chatgpt", "ai", None, "medium", "ai_referrer")),
@@ -115,15 +171,30 @@ CASES = [
     (PAGE, "https://mail.google.com/", None, ("gmail", "email", None, "medium", "email_referrer")),
     (PAGE, "https://outlook.live.com/", None, ("outlook", "email", None, "medium", "email_referrer")),
     (PAGE, "https://mail.yahoo.com/", None, ("yahoo", "email", None, "medium", "email_referrer")),
-    (f"{PAGE}?utm_medium=email", "https://mail.google.com/", None, ("gmail", "email", None, "medium", "email_referrer")),
+    (
+        f"{PAGE}?utm_medium=email",
+        "https://mail.google.com/",
+        None,
+        ("gmail", "email", None, "medium", "email_referrer"),
+    ),
     (f"{PAGE}?utm_medium=email&utm_campaign=digest", None, None, ("unknown", "email", "digest", "medium", "utm_email")),
-    (f"{PAGE}?utm_medium=E-Mail", "https://someblog.example.org/", None, ("unknown", "email", None, "medium", "utm_email")),
+    (
+        f"{PAGE}?utm_medium=E-Mail",
+        "https://someblog.example.org/",
+        None,
+        ("unknown", "email", None, "medium", "utm_email"),
+    ),
     # 12. internal
     (PAGE, "https://shop.example.com/", None, ("internal", "internal", None, "high", "internal")),
     (PAGE, "https://www.shop.example.com/cart", None, ("internal", "internal", None, "high", "internal")),
     ("https://example.com:8443/a", "https://example.com/b", None, ("internal", "internal", None, "high", "internal")),
     (None, "https://shop.example.com/", "shop.example.com:443", ("internal", "internal", None, "high", "internal")),
-    (f"{PAGE}?utm_campaign=x", "https://SHOP.example.com./", "api.example.net", ("internal", "internal", "x", "high", "internal")),
+    (
+        f"{PAGE}?utm_campaign=x",
+        "https://SHOP.example.com./",
+        "api.example.net",
+        ("internal", "internal", "x", "high", "internal"),
+    ),
     # 13. direct
     (PAGE, None, None, ("direct", "direct", None, "high", "direct")),
     (None, None, None, ("direct", "direct", None, "high", "direct")),
@@ -138,7 +209,12 @@ CASES = [
     (PAGE, "http://localhost:3000/", None, ("localhost", "referral", None, "low", "referral")),
     (PAGE, "https://brave.com/", None, ("brave.com", "referral", None, "low", "referral")),
     (f"{PAGE}?utm_medium=social", None, None, ("unknown", "social", None, "low", "referral")),
-    (f"{PAGE}?utm_medium=partner", "https://docs.example.net/", None, ("example.net", "partner", None, "low", "referral")),
+    (
+        f"{PAGE}?utm_medium=partner",
+        "https://docs.example.net/",
+        None,
+        ("example.net", "partner", None, "low", "referral"),
+    ),
 ]
 
 
@@ -150,9 +226,20 @@ def test_rules(url, referrer, request_host, expected):
 def test_every_rule_is_covered_three_times():
     rule_ids = [expected[4] for *_, expected in CASES]
     for prefix in (
-        "click_id_", "fb_ad_redirect", "fbclid_utm_source", "utm_paid_medium", "fbclid_only",
-        "utm_source", "facebook_referrer", "social_referrer", "search_referrer", "ai_referrer",
-        "email_referrer", "internal", "direct", "referral",
+        "click_id_",
+        "fb_ad_redirect",
+        "fbclid_utm_source",
+        "utm_paid_medium",
+        "fbclid_only",
+        "utm_source",
+        "facebook_referrer",
+        "social_referrer",
+        "search_referrer",
+        "ai_referrer",
+        "email_referrer",
+        "internal",
+        "direct",
+        "referral",
     ):
         assert sum(rule_id.startswith(prefix) for rule_id in rule_ids) >= 3, prefix
     assert len(CASES) > 60
@@ -227,28 +314,35 @@ def test_click_ids(param, source):
 @pytest.mark.parametrize("medium", SIGNALS["paid_mediums"])
 def test_paid_mediums(medium):
     assert classify(f"{PAGE}?utm_source=acme&utm_medium={medium}", None) == (
-        "acme", "paid", None, "high", "utm_paid_medium",
+        "acme",
+        "paid",
+        None,
+        "high",
+        "utm_paid_medium",
     )
 
 
 @pytest.mark.parametrize("medium", SIGNALS["email_mediums"])
 def test_email_mediums(medium):
     assert classify(f"{PAGE}?utm_medium={medium}", None)[1:] == (
-        "email", None, "medium", "utm_email",
+        "email",
+        None,
+        "medium",
+        "utm_email",
     )
 
 
 @pytest.mark.parametrize(
     ("alias", "source"),
-    [
-        (alias, source)
-        for source, aliases in SIGNALS["utm_source_aliases"].items()
-        for alias in aliases
-    ],
+    [(alias, source) for source, aliases in SIGNALS["utm_source_aliases"].items() for alias in aliases],
 )
 def test_utm_source_aliases(alias, source):
     assert classify(f"{PAGE}?fbclid=1&utm_source={alias.upper()}", None) == (
-        source, "paid", None, "high", "fbclid_utm_source",
+        source,
+        "paid",
+        None,
+        "high",
+        "fbclid_utm_source",
     )
     assert classify(f"{PAGE}?utm_source={alias}", None).source == source
 

@@ -37,11 +37,17 @@ def test_list_and_key_lifecycle(tmp_path):
 
 
 def test_cli_errors_are_clear(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "millimetric", "keys", "list", "nope", "--data-dir", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "millimetric", "keys", "list", "nope", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "No project 'nope'" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "millimetric", "keys", "create", "nope", "--kind", "zz",
-                             "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "millimetric", "keys", "create", "nope", "--kind", "zz", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "--kind" in result.stderr
 
 
@@ -91,12 +97,30 @@ def test_sigterm_drains_in_flight_requests_and_exits(server_factory, tmp_path):
 
 def test_origins_limits_and_bots_commands(tmp_path):
     cli_project(tmp_path, "Shop", origin="https://shop.example.com")
-    doc = json.loads(cli("projects", "origins", "shop", "add", "https://*.example.org", "--json", data_dir=tmp_path).stdout)
+    doc = json.loads(
+        cli("projects", "origins", "shop", "add", "https://*.example.org", "--json", data_dir=tmp_path).stdout
+    )
     assert doc == {"allowed_origins": ["https://shop.example.com", "https://*.example.org"]}
-    doc = json.loads(cli("projects", "origins", "shop", "remove", "https://shop.example.com", "--json", data_dir=tmp_path).stdout)
+    doc = json.loads(
+        cli("projects", "origins", "shop", "remove", "https://shop.example.com", "--json", data_dir=tmp_path).stdout
+    )
     assert doc == {"allowed_origins": ["https://*.example.org"]}
-    bad = subprocess.run([sys.executable, "-m", "millimetric", "projects", "origins", "shop", "add", "not an origin",
-                          "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "millimetric",
+            "projects",
+            "origins",
+            "shop",
+            "add",
+            "not an origin",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "not an origin" in bad.stderr
     cli("projects", "limits", "shop", "/v1/track", "10", "20", data_dir=tmp_path)
     cli("projects", "limits", "shop", "/v1/batch", "off", data_dir=tmp_path)

@@ -9,8 +9,14 @@ ORIGIN = "https://shop.example.com"
 
 @pytest.mark.parametrize("path", ["/v1/track", "/v1/batch", "/v1/stats", "/mcp", "/admin/projects"])
 def test_preflight(client, path):
-    r = client.options(path, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
-                                      "Access-Control-Request-Headers": "authorization, content-type"})
+    r = client.options(
+        path,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in r.headers["access-control-allow-methods"]
@@ -31,4 +37,7 @@ def test_actual_responses_carry_the_origin_even_on_errors(client, keys):
 
 def test_no_cors_outside_the_api_or_without_origin(client, keys):
     assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": ORIGIN}).headers
-    assert "access-control-allow-origin" not in client.post("/v1/track", json={"event": "x"}, headers=bearer(keys.sk)).headers
+    assert (
+        "access-control-allow-origin"
+        not in client.post("/v1/track", json={"event": "x"}, headers=bearer(keys.sk)).headers
+    )

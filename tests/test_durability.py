@@ -40,7 +40,9 @@ def test_acknowledged_events_survive_sigkill(server_factory, tmp_path):
     for round_ in range(3):
         server = server_factory(data_dir)
         out = tmp_path / f"round-{round_}.txt"
-        sender = start_sender(server, keys.sk, out, requests=1_000_000, concurrency=32, batch=round_ * 5, tag=f"r{round_}")
+        sender = start_sender(
+            server, keys.sk, out, requests=1_000_000, concurrency=32, batch=round_ * 5, tag=f"r{round_}"
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not out.exists() or out.read_text().count("202") < 300):
             time.sleep(0.05)
@@ -68,7 +70,9 @@ def test_full_queue_answers_503_and_recovers(server_factory, tmp_path):
     assert set(got) <= {"202", "503"}
     retry_after = {line.split()[2] for line in out.read_text().splitlines() if line.startswith("503")}
     assert retry_after and all(value.isdigit() and int(value) >= 1 for value in retry_after)
-    response = httpx.post(f"{server.url}/v1/track", json={"event": "load", "event_id": "after"}, headers=bearer(keys.sk))
+    response = httpx.post(
+        f"{server.url}/v1/track", json={"event": "load", "event_id": "after"}, headers=bearer(keys.sk)
+    )
     assert response.status_code == 202
     server.stop()
     stored = stored_event_ids(data_dir)

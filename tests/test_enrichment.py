@@ -9,28 +9,46 @@ from millimetric.ingest import pipeline
 
 from conftest import bearer, cli, cli_project, stored_events
 
-CHROME_MAC = ("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
-              "Chrome/131.0.0.0 Safari/537.36")
-IPHONE = ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
-          "Version/18.1 Mobile/15E148 Safari/604.1")
+CHROME_MAC = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36"
+)
+IPHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/18.1 Mobile/15E148 Safari/604.1"
+)
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 LEAKY_IP = "203.0.113.77"
 
 
 def test_the_pipeline_reads_as_a_named_list_of_steps():
     assert [step.__name__ for step in pipeline.STEPS] == [
-        "drop_forgotten", "put_user_agent", "drop_bots", "put_ip_hash", "derive_ids", "put_source", "put_country",
+        "drop_forgotten",
+        "put_user_agent",
+        "drop_bots",
+        "put_ip_hash",
+        "derive_ids",
+        "put_source",
+        "put_country",
     ]
 
 
 def test_track_is_enriched_from_the_request(client, keys):
-    body = {"event": "$pageview", "url": "https://shop.example.com/?fbclid=abc&utm_campaign=spring",
-            "referrer": "https://l.facebook.com/"}
+    body = {
+        "event": "$pageview",
+        "url": "https://shop.example.com/?fbclid=abc&utm_campaign=spring",
+        "referrer": "https://l.facebook.com/",
+    }
     r = client.post("/v1/track", json=body, headers=bearer(keys.sk, **{"User-Agent": IPHONE}))
     assert r.status_code == 202
     [row] = stored_events(client)
     assert (row["source"], row["medium"], row["campaign"], row["source_confidence"], row["source_rule_id"]) == (
-        "facebook", "paid", "spring", "high", "fb_ad_redirect")
+        "facebook",
+        "paid",
+        "spring",
+        "high",
+        "fb_ad_redirect",
+    )
     assert (row["device_type"], row["browser"], row["os"]) == ("mobile", "safari", "ios")
     assert re.fullmatch(r"[0-9a-f]{32}", row["ip_hash"])
     assert row["anonymous_id"] == row["ip_hash"]  # no anonymous_id sent: uniques still work
@@ -46,10 +64,15 @@ def test_server_side_senders_forward_their_visitors_details(client, keys):
 
 
 def test_internal_and_direct_hits(client, keys):
-    events = [{"event": "a", "url": "https://shop.example.com/b", "referrer": "https://shop.example.com/a"},
-              {"event": "b", "url": "https://shop.example.com/"}]
+    events = [
+        {"event": "a", "url": "https://shop.example.com/b", "referrer": "https://shop.example.com/a"},
+        {"event": "b", "url": "https://shop.example.com/"},
+    ]
     client.post("/v1/batch", json={"events": events}, headers=bearer(keys.sk))
-    assert [(r["source"], r["medium"]) for r in stored_events(client)] == [("internal", "internal"), ("direct", "direct")]
+    assert [(r["source"], r["medium"]) for r in stored_events(client)] == [
+        ("internal", "internal"),
+        ("direct", "direct"),
+    ]
 
 
 def test_bots_are_dropped_and_counted_unless_the_project_keeps_them(client, keys):
@@ -90,7 +113,10 @@ def test_the_raw_ip_is_never_written(server_factory, tmp_path):
     server = server_factory(data_dir, env=env)
     headers = bearer(keys.sk, **{"X-Forwarded-For": f"{LEAKY_IP}, 127.0.0.1", "User-Agent": CHROME_MAC})
     for i in range(20):
-        assert httpx.post(f"{server.url}/v1/track", json={"event": "x", "event_id": str(i)}, headers=headers).status_code == 202
+        assert (
+            httpx.post(f"{server.url}/v1/track", json={"event": "x", "event_id": str(i)}, headers=headers).status_code
+            == 202
+        )
     events = [{"event": "y", "url": "https://shop.example.com/?gclid=1"}] * 50
     assert httpx.post(f"{server.url}/v1/batch", json={"events": events}, headers=headers).status_code == 202
     bad = httpx.post(f"{server.url}/v1/track", content=b"{oops", headers=headers)
@@ -98,7 +124,9 @@ def test_the_raw_ip_is_never_written(server_factory, tmp_path):
     httpx.post(f"{server.url}/v1/identify", json={"anonymous_id": "a", "user_id": "u"}, headers=headers)
     server.stop()
     cli("projects", "list", data_dir=data_dir)
-    hits = subprocess.run(["grep", "-rl", "--binary-files=text", LEAKY_IP, str(data_dir)], capture_output=True, text=True)
+    hits = subprocess.run(
+        ["grep", "-rl", "--binary-files=text", LEAKY_IP, str(data_dir)], capture_output=True, text=True
+    )
     assert hits.stdout == "", f"raw IP found in {hits.stdout}"
     assert LEAKY_IP not in server.log_path.read_text()
     assert "DEBUG" in server.log_path.read_text() or "debug" in server.log_path.read_text().lower()

@@ -147,10 +147,18 @@ def test_an_unknown_key_costs_one_lookup_per_ttl_and_a_new_key_works_after_it(co
             assert await attempt() == "invalid_api_key"
         assert lookups[minted.prefix] == 1  # remembered as unknown for the TTL
         with control.engine.begin() as conn:  # the key is created meanwhile
-            conn.execute(api_keys.insert().values(
-                prefix=minted.prefix, account_id=project.account_id, project_id=project.id, kind="sk",
-                env="live", name=None, secret_hash=minted.secret_hash, created_at=utcnow(),
-            ))
+            conn.execute(
+                api_keys.insert().values(
+                    prefix=minted.prefix,
+                    account_id=project.account_id,
+                    project_id=project.id,
+                    kind="sk",
+                    env="live",
+                    name=None,
+                    secret_hash=minted.secret_hash,
+                    created_at=utcnow(),
+                )
+            )
         assert await attempt() == "invalid_api_key"  # still within the TTL
         clock.now += 5.0
         assert await attempt() == "ok"  # the negative entry expired

@@ -44,14 +44,17 @@ def test_forget_validates_its_body(client, keys, body):
 def test_forget_deletes_the_user_and_their_linked_anonymous_events(client, keys):
     other_project = create_project(client, "other")
     send = lambda token, events: client.post("/v1/batch", json={"events": events}, headers=bearer(token))  # noqa: E731
-    send(keys.sk, [
-        {"event": "$pageview", "anonymous_id": "anon-1"},  # before identify: linked later
-        {"event": "$pageview", "anonymous_id": "anon-1"},
-        {"event": "signup", "anonymous_id": "anon-1", "user_id": "u1"},
-        {"event": "purchase", "user_id": "u1", "anonymous_id": "anon-9"},
-        {"event": "$pageview", "anonymous_id": "anon-2", "user_id": "u2"},  # another user
-        {"event": "$pageview", "anonymous_id": "anon-3"},  # an anonymous visitor
-    ])
+    send(
+        keys.sk,
+        [
+            {"event": "$pageview", "anonymous_id": "anon-1"},  # before identify: linked later
+            {"event": "$pageview", "anonymous_id": "anon-1"},
+            {"event": "signup", "anonymous_id": "anon-1", "user_id": "u1"},
+            {"event": "purchase", "user_id": "u1", "anonymous_id": "anon-9"},
+            {"event": "$pageview", "anonymous_id": "anon-2", "user_id": "u2"},  # another user
+            {"event": "$pageview", "anonymous_id": "anon-3"},  # an anonymous visitor
+        ],
+    )
     client.post("/v1/identify", json={"anonymous_id": "anon-1", "user_id": "u1"}, headers=bearer(keys.sk))
     send(other_project.sk, [{"event": "signup", "anonymous_id": "anon-1", "user_id": "u1"}])
 
@@ -100,8 +103,12 @@ def test_jobs_left_unfinished_by_a_crash_run_after_restart(server_factory, tmp_p
     server.kill()
     # The state a SIGKILL leaves when it lands between queueing a job and running it (and mid-run).
     control = ControlPlane(f"sqlite:///{data_dir / 'control.sqlite3'}", (data_dir / "pepper").read_text().strip())
-    queued = control.create_forget_job(keys.project_id, "u1", user_hash(control.pepper, keys.project_id, "u1"), utcnow())
-    running = control.create_forget_job(keys.project_id, "u2", user_hash(control.pepper, keys.project_id, "u2"), utcnow())
+    queued = control.create_forget_job(
+        keys.project_id, "u1", user_hash(control.pepper, keys.project_id, "u1"), utcnow()
+    )
+    running = control.create_forget_job(
+        keys.project_id, "u2", user_hash(control.pepper, keys.project_id, "u2"), utcnow()
+    )
     control.update_forget_job(running, "running")
     server = server_factory(data_dir)
     get = lambda path: httpx.get(f"{server.url}{path}", headers=bearer(keys.sk))  # noqa: E731

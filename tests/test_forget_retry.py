@@ -180,7 +180,9 @@ def test_backoff_doubles_up_to_its_cap_and_errors_name_no_user():
 def control(request, tmp_path):
     from millimetric.store.control import ControlPlane
 
-    url = f"sqlite:///{tmp_path / 'c.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    url = (
+        f"sqlite:///{tmp_path / 'c.sqlite3'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
     plane = ControlPlane(url, "pepper")
     plane.migrate()  # 0004 adds the retry columns on either engine
     yield plane

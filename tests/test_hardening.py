@@ -56,8 +56,10 @@ def test_50mb_streamed_body_is_refused_without_being_held(live):
 
 def test_a_declared_2gb_body_is_refused_at_once(live):
     server, keys = live
-    head = (f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.sk}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n").encode()
+    head = (
+        f"POST /v1/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.sk}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 2147483648\r\n\r\n"
+    ).encode()
     assert raw(server, head + b"{").startswith(b"HTTP/1.1 413")
 
 
@@ -82,8 +84,12 @@ def test_huge_headers_and_broken_http_get_json_refusals(live):
 def test_a_trickling_body_is_cut_off(live):
     server, keys = live
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
-        s.sendall((f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.sk}\r\n"
-                   "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{").encode())
+        s.sendall(
+            (
+                f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.sk}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+            ).encode()
+        )
         started = time.monotonic()
         answer = b""
         while b"request_timeout" not in answer and time.monotonic() - started < 25:
@@ -107,8 +113,10 @@ def test_a_thousand_concurrent_connections_are_all_answered(live):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
     body = b'{"event":"load"}'
-    request = (f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.sk}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    request = (
+        f"POST /v1/track HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {keys.sk}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
     async def one() -> int:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

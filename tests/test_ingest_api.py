@@ -21,8 +21,17 @@ def field_errors(response):
 
 
 def test_track_stores_the_event_and_echoes_its_id(client, keys):
-    r = post(client, "/v1/track", keys.sk, {"event": "purchase", "event_id": "evt_1", "user_id": "u42",
-                                            "properties": {"amount_cents": 4900, "currency": "usd"}})
+    r = post(
+        client,
+        "/v1/track",
+        keys.sk,
+        {
+            "event": "purchase",
+            "event_id": "evt_1",
+            "user_id": "u42",
+            "properties": {"amount_cents": 4900, "currency": "usd"},
+        },
+    )
     assert (r.status_code, r.json()) == (202, {"ok": True, "event_id": "evt_1"})
     [row] = stored_events(client)
     assert row["event_name"] == "purchase" and row["user_id"] == "u42" and row["project_id"] == keys.project_id
@@ -49,33 +58,47 @@ def test_timestamps_with_offsets_are_stored_in_utc(client, keys):
 
 
 def test_client_values_for_derived_columns_are_ignored(client, keys):
-    post(client, "/v1/track", keys.sk, {"event": "x", "source": "forged", "medium": "forged", "ip_hash": "f" * 32,
-                                        "country": "XX", "unknown_field": 1})
+    post(
+        client,
+        "/v1/track",
+        keys.sk,
+        {
+            "event": "x",
+            "source": "forged",
+            "medium": "forged",
+            "ip_hash": "f" * 32,
+            "country": "XX",
+            "unknown_field": 1,
+        },
+    )
     [row] = stored_events(client)
     assert "forged" not in (row["source"], row["medium"]) and row["country"] != "XX" and row["ip_hash"] != "f" * 32
 
 
-@pytest.mark.parametrize("body,path", [
-    ({}, "event"),
-    ({"event": ""}, "event"),
-    ({"event": "x" * 129}, "event"),
-    ({"event": 5}, "event"),
-    ({"event": "$custom"}, "event"),
-    ({"event": "x", "event_id": ""}, "event_id"),
-    ({"event": "x", "anonymous_id": "a" * 129}, "anonymous_id"),
-    ({"event": "x", "user_id": "u" * 257}, "user_id"),
-    ({"event": "x", "session_id": "s" * 129}, "session_id"),
-    ({"event": "x", "url": "/relative"}, "url"),
-    ({"event": "x", "url": "ftp://example.com/"}, "url"),
-    ({"event": "x", "url": "https://e.com/" + "a" * 2048}, "url"),
-    ({"event": "x", "path": "/" * 2049}, "path"),
-    ({"event": "x", "referrer": "r" * 2049}, "referrer"),
-    ({"event": "x", "timestamp": "yesterday"}, "timestamp"),
-    ({"event": "x", "timestamp": "1999-12-31T23:59:59Z"}, "timestamp"),
-    ({"event": "x", "properties": []}, "properties"),
-    ({"event": "x", "properties": {"blob": "b" * 8200}}, "properties"),
-    ({"event": "x", "context": "nope"}, "context"),
-])
+@pytest.mark.parametrize(
+    "body,path",
+    [
+        ({}, "event"),
+        ({"event": ""}, "event"),
+        ({"event": "x" * 129}, "event"),
+        ({"event": 5}, "event"),
+        ({"event": "$custom"}, "event"),
+        ({"event": "x", "event_id": ""}, "event_id"),
+        ({"event": "x", "anonymous_id": "a" * 129}, "anonymous_id"),
+        ({"event": "x", "user_id": "u" * 257}, "user_id"),
+        ({"event": "x", "session_id": "s" * 129}, "session_id"),
+        ({"event": "x", "url": "/relative"}, "url"),
+        ({"event": "x", "url": "ftp://example.com/"}, "url"),
+        ({"event": "x", "url": "https://e.com/" + "a" * 2048}, "url"),
+        ({"event": "x", "path": "/" * 2049}, "path"),
+        ({"event": "x", "referrer": "r" * 2049}, "referrer"),
+        ({"event": "x", "timestamp": "yesterday"}, "timestamp"),
+        ({"event": "x", "timestamp": "1999-12-31T23:59:59Z"}, "timestamp"),
+        ({"event": "x", "properties": []}, "properties"),
+        ({"event": "x", "properties": {"blob": "b" * 8200}}, "properties"),
+        ({"event": "x", "context": "nope"}, "context"),
+    ],
+)
 def test_track_field_errors(client, keys, body, path):
     assert path in field_errors(post(client, "/v1/track", keys.sk, body))
     assert stored_events(client) == []
@@ -111,17 +134,24 @@ def test_bodies_that_are_not_json_objects(client, keys, content):
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", ""])
 def test_non_json_media_type(client, keys, content_type):
-    r = client.post("/v1/track", content=b'{"event":"x"}',
-                    headers={"Authorization": f"Bearer {keys.sk}", "Content-Type": content_type})
+    r = client.post(
+        "/v1/track",
+        content=b'{"event":"x"}',
+        headers={"Authorization": f"Bearer {keys.sk}", "Content-Type": content_type},
+    )
     assert (r.status_code, r.json()["error"]) == (415, "unsupported_media_type")
 
 
 def test_json_with_charset_is_accepted(client, keys):
-    r = post(client, "/v1/track", keys.sk, content=b'{"event":"x"}', **{"Content-Type": "application/json; charset=utf-8"})
+    r = post(
+        client, "/v1/track", keys.sk, content=b'{"event":"x"}', **{"Content-Type": "application/json; charset=utf-8"}
+    )
     assert r.status_code == 202
 
 
-@pytest.mark.parametrize("path,limit", [("/v1/track", 64 * 1024), ("/v1/identify", 64 * 1024), ("/v1/batch", 5 * 1024 * 1024)])
+@pytest.mark.parametrize(
+    "path,limit", [("/v1/track", 64 * 1024), ("/v1/identify", 64 * 1024), ("/v1/batch", 5 * 1024 * 1024)]
+)
 def test_body_limits(client, keys, path, limit):
     over = b'{"event":"x","pad":"' + b"a" * limit + b'"}'
     r = post(client, path, keys.sk, content=over)
@@ -140,7 +170,9 @@ def test_batch_is_all_or_nothing_and_names_each_failing_event(client, keys):
     events = [{"event": "ok"}, {"event": ""}, {"nope": 1}, {"event": "ok"}, {"event": "x", "url": "nope"}]
     errors = field_errors(post(client, "/v1/batch", keys.sk, {"events": events}))
     assert {"events.1.event", "events.2.event"} <= set(errors)
-    errors = field_errors(post(client, "/v1/batch", keys.sk, {"events": [{"event": "ok"}, {"event": "x", "url": "nope"}]}))
+    errors = field_errors(
+        post(client, "/v1/batch", keys.sk, {"events": [{"event": "ok"}, {"event": "x", "url": "nope"}]})
+    )
     assert set(errors) == {"events.1.url"}
     assert stored_events(client) == []
 
@@ -151,15 +183,23 @@ def test_batch_size_bounds(client, keys, body):
 
 
 def test_identify_stores_an_identify_event_with_traits(client, keys):
-    r = post(client, "/v1/identify", keys.sk, {"anonymous_id": "anon-1", "user_id": "user-1", "traits": {"plan": "pro"}})
+    r = post(
+        client, "/v1/identify", keys.sk, {"anonymous_id": "anon-1", "user_id": "user-1", "traits": {"plan": "pro"}}
+    )
     assert (r.status_code, r.json()) == (200, {"ok": True})
     [row] = stored_events(client)
     assert (row["event_name"], row["anonymous_id"], row["user_id"]) == ("$identify", "anon-1", "user-1")
     assert json.loads(row["properties"]) == {"plan": "pro"}
 
 
-@pytest.mark.parametrize("body,path", [({"user_id": "u"}, "anonymous_id"), ({"anonymous_id": "a"}, "user_id"),
-                                       ({"anonymous_id": "a", "user_id": "u", "traits": {"b": "x" * 9000}}, "traits")])
+@pytest.mark.parametrize(
+    "body,path",
+    [
+        ({"user_id": "u"}, "anonymous_id"),
+        ({"anonymous_id": "a"}, "user_id"),
+        ({"anonymous_id": "a", "user_id": "u", "traits": {"b": "x" * 9000}}, "traits"),
+    ],
+)
 def test_identify_validation(client, keys, body, path):
     assert path in field_errors(post(client, "/v1/identify", keys.sk, body))
 
@@ -194,12 +234,15 @@ def test_healthz_checks_both_stores(client):
     assert body["ok"] is True and body["control_plane"] == "ok" and body["event_store"] == "ok"
 
 
-@pytest.mark.parametrize("sent,stored", [
-    (b'{"a":1,"b":[1,2]}', '{"a":1,"b":[1,2]}'),                 # compact: stored as sent
-    (b'{ "a" : 1,\n  "b": [1, 2] }', '{"a":1,"b":[1,2]}'),       # whitespace: compacted
-    (b"null", "{}"),
-    (b'{"caf\xc3\xa9":"\xe2\x82\xac"}', '{"café":"€"}'),
-])
+@pytest.mark.parametrize(
+    "sent,stored",
+    [
+        (b'{"a":1,"b":[1,2]}', '{"a":1,"b":[1,2]}'),  # compact: stored as sent
+        (b'{ "a" : 1,\n  "b": [1, 2] }', '{"a":1,"b":[1,2]}'),  # whitespace: compacted
+        (b"null", "{}"),
+        (b'{"caf\xc3\xa9":"\xe2\x82\xac"}', '{"café":"€"}'),
+    ],
+)
 def test_properties_are_stored_as_compact_json(client, keys, sent, stored):
     r = post(client, "/v1/track", keys.sk, content=b'{"event":"x","properties":' + sent + b"}")
     assert r.status_code == 202

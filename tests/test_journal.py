@@ -152,8 +152,7 @@ def test_a_journal_file_of_the_first_format_replays(tmp_path):
     directory.mkdir()
     legacy = struct.Struct("<qIII")
     payload = encode_rows(_rows("a"))
-    (directory / "00000000000000000007.log").write_bytes(
-        legacy.pack(7, 1, len(payload), zlib.crc32(payload)) + payload)
+    (directory / "00000000000000000007.log").write_bytes(legacy.pack(7, 1, len(payload), zlib.crc32(payload)) + payload)
     assert Journal(directory).replay() == [Frame(7, 1, payload, 1)]
 
 
@@ -325,9 +324,19 @@ def test_every_value_reaches_duckdb_as_it_was_sent(tmp_path):
     """Rows travel as Arrow IPC streams: text, nulls and microseconds intact."""
     odd = 'quote " backslash \\ newline \n tab \t emoji 🦆 cjk 漢字 nul-free \u2028'
     row = EventRow(
-        "p1", dt.datetime(2026, 3, 29, 1, 59, 59, 123456), odd, event_id=None, anonymous_id="a\nb", user_id=odd,
-        session_id="", source="google", campaign=None, referrer=None, url="https://example.com/ü?q=\"x\"",
-        path="/ü", properties='{"k":"v \\" \\n","n":[1,2.5,null],"e":"🦆"}',
+        "p1",
+        dt.datetime(2026, 3, 29, 1, 59, 59, 123456),
+        odd,
+        event_id=None,
+        anonymous_id="a\nb",
+        user_id=odd,
+        session_id="",
+        source="google",
+        campaign=None,
+        referrer=None,
+        url='https://example.com/ü?q="x"',
+        path="/ü",
+        properties='{"k":"v \\" \\n","n":[1,2.5,null],"e":"🦆"}',
     )
     path = tmp_path / "events.duckdb"
     store = EventDatabase(path)

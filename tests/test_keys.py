@@ -24,6 +24,13 @@ def test_secrets_with_underscores_parse():
 
 
 def test_malformed_tokens_are_refused():
-    for token in ["", "pk_live_0123abcd", "xk_live_0123abcd_" + "a" * 32, "pk_prod_0123abcd_" + "a" * 32,
-                  "pk_live_0123ABCD_" + "a" * 32, "pk_live_0123abcd_" + "a" * 31, "pk_live_0123abcd_" + "a!" * 20]:
+    for token in [
+        "",
+        "pk_live_0123abcd",
+        "xk_live_0123abcd_" + "a" * 32,
+        "pk_prod_0123abcd_" + "a" * 32,
+        "pk_live_0123ABCD_" + "a" * 32,
+        "pk_live_0123abcd_" + "a" * 31,
+        "pk_live_0123abcd_" + "a!" * 20,
+    ]:
         assert parse_key(token) is None, token

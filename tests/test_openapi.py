@@ -152,8 +152,10 @@ def test_ingest_limits_match_the_validators(document: dict[str, Any]) -> None:
 
     components = document["components"]["schemas"]
     for struct, name in (
-        (ingest.TrackEvent, "TrackEvent"), (ingest.Identify, "Identify"),
-        (ingest.Context, "VisitorContext"), (ForgetBody, "ForgetRequest"),
+        (ingest.TrackEvent, "TrackEvent"),
+        (ingest.Identify, "Identify"),
+        (ingest.Context, "VisitorContext"),
+        (ForgetBody, "ForgetRequest"),
     ):
         generated = msgspec.json.schema(struct)
         generated = generated["$defs"][generated["$ref"].rsplit("/", 1)[1]]

@@ -20,8 +20,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _events(n: int, day: int) -> list[dict]:
-    return [{"event": f"e{i % 3}", "anonymous_id": f"v{i % 17}", "timestamp": f"2024-01-{day:02d}T10:{i % 60:02d}:00Z",
-             "url": f"https://shop.example.com/?utm_source=s{i % 4}"} for i in range(n)]
+    return [
+        {
+            "event": f"e{i % 3}",
+            "anonymous_id": f"v{i % 17}",
+            "timestamp": f"2024-01-{day:02d}T10:{i % 60:02d}:00Z",
+            "url": f"https://shop.example.com/?utm_source=s{i % 4}",
+        }
+        for i in range(n)
+    ]
 
 
 def test_a_backup_taken_while_the_server_ingests_serves_the_same_answers(server_factory, tmp_path):
@@ -36,8 +43,11 @@ def test_a_backup_taken_while_the_server_ingests_serves_the_same_answers(server_
     def keep_ingesting() -> None:  # live traffic, outside the compared range
         with httpx.Client() as client:
             while not stop.is_set():
-                client.post(f"{server.url}/v1/track", json={"event": "live", "timestamp": "2024-03-01T00:00:00Z"},
-                            headers=bearer(keys.sk))
+                client.post(
+                    f"{server.url}/v1/track",
+                    json={"event": "live", "timestamp": "2024-03-01T00:00:00Z"},
+                    headers=bearer(keys.sk),
+                )
 
     sender = threading.Thread(target=keep_ingesting)
     sender.start()
@@ -56,8 +66,9 @@ def test_a_backup_taken_while_the_server_ingests_serves_the_same_answers(server_
     try:
         answer = httpx.get(f"{restored.url}/v1/stats", params=STATS, headers=bearer(keys.rk)).json()
         assert answer == expected
-        live = httpx.get(f"{restored.url}/v1/stats", params={"from": "2024-03-01", "to": "2024-03-02"},
-                         headers=bearer(keys.rk)).json()
+        live = httpx.get(
+            f"{restored.url}/v1/stats", params={"from": "2024-03-01", "to": "2024-03-02"}, headers=bearer(keys.rk)
+        ).json()
         assert live["rows"][0]["value"] == summary["events"] - 800  # the copy is one snapshot
     finally:
         restored.kill()
@@ -93,7 +104,9 @@ def test_doctor_says_what_is_wrong_in_plain_words(tmp_path):
         con.execute("UPDATE store_format SET version = version + 5")
     result = subprocess.run(
         [sys.executable, "-m", "millimetric", "doctor", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "MILLIMETRIC_REDIS_URL": "redis://127.0.0.1:1/0"},
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "MILLIMETRIC_REDIS_URL": "redis://127.0.0.1:1/0"},
     )
     assert result.returncode == 1
     assert "written by a newer millimetric" in result.stderr

@@ -9,27 +9,30 @@ from conftest import bearer, create_project
 ALLOWED = ["https://shop.example.com", "http://localhost:8787", "https://*.example.org"]
 
 
-@pytest.mark.parametrize("origin,allowed", [
-    ("https://shop.example.com", True),            # exact
-    ("https://shop.example.com:443", True),        # default port normalised
-    ("https://SHOP.Example.COM", True),            # host is case-insensitive
-    ("http://shop.example.com", False),            # wrong scheme
-    ("https://shop.example.com:8443", False),      # wrong port
-    ("https://www.shop.example.com", False),       # www. variant is another origin
-    ("https://example.com", False),
-    ("http://localhost:8787", True),
-    ("http://localhost", False),
-    ("https://a.example.org", True),               # wildcard, one level
-    ("https://a.b.example.org", True),             # wildcard, two levels
-    ("https://example.org", False),                # wildcard does not match the apex
-    ("http://a.example.org", False),               # wildcard keeps its scheme
-    ("https://evilexample.org", False),
-    ("https://a.example.org.evil.com", False),
-    ("null", False),                               # sandboxed iframes, file:// pages
-    ("", False),
-    (None, False),
-    ("https://shop.example.com/path", False),
-])
+@pytest.mark.parametrize(
+    "origin,allowed",
+    [
+        ("https://shop.example.com", True),  # exact
+        ("https://shop.example.com:443", True),  # default port normalised
+        ("https://SHOP.Example.COM", True),  # host is case-insensitive
+        ("http://shop.example.com", False),  # wrong scheme
+        ("https://shop.example.com:8443", False),  # wrong port
+        ("https://www.shop.example.com", False),  # www. variant is another origin
+        ("https://example.com", False),
+        ("http://localhost:8787", True),
+        ("http://localhost", False),
+        ("https://a.example.org", True),  # wildcard, one level
+        ("https://a.b.example.org", True),  # wildcard, two levels
+        ("https://example.org", False),  # wildcard does not match the apex
+        ("http://a.example.org", False),  # wildcard keeps its scheme
+        ("https://evilexample.org", False),
+        ("https://a.example.org.evil.com", False),
+        ("null", False),  # sandboxed iframes, file:// pages
+        ("", False),
+        (None, False),
+        ("https://shop.example.com/path", False),
+    ],
+)
 def test_origin_matching(origin, allowed):
     assert origin_allowed(origin, ALLOWED) is allowed
 

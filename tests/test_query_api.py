@@ -12,9 +12,27 @@ from millimetric.store.schema import accounts
 from conftest import bearer, create_project
 
 RANGE = {"from": "2024-01-01T00:00:00Z", "to": "2024-02-01T00:00:00Z"}
-SPEC_ROW_FIELDS = ["timestamp", "event_id", "event_name", "anonymous_id", "user_id", "session_id", "source", "medium",
-                   "campaign", "source_confidence", "source_rule_id", "referrer", "url", "path", "country",
-                   "device_type", "browser", "os", "properties"]
+SPEC_ROW_FIELDS = [
+    "timestamp",
+    "event_id",
+    "event_name",
+    "anonymous_id",
+    "user_id",
+    "session_id",
+    "source",
+    "medium",
+    "campaign",
+    "source_confidence",
+    "source_rule_id",
+    "referrer",
+    "url",
+    "path",
+    "country",
+    "device_type",
+    "browser",
+    "os",
+    "properties",
+]
 
 
 def send(client, sk, *events):
@@ -88,17 +106,33 @@ def test_account_key_reads_the_named_projects_rows(client, keys):
 
 # rows -------------------------------------------------------------------------------------------
 def test_row_fields_are_exactly_the_spec_list_and_properties_a_json_string(client, keys):
-    send(client, keys.sk, {
-        "event": "purchase", "event_id": "evt_1", "timestamp": "2024-01-05T10:20:30.123Z", "anonymous_id": "a1",
-        "user_id": "u1", "session_id": "s1", "url": "https://shop.example.com/p?utm_source=google&utm_medium=cpc",
-        "path": "/p", "referrer": "https://www.google.com/", "properties": {"amount": 4900, "items": ["x", "é"]},
-    })
+    send(
+        client,
+        keys.sk,
+        {
+            "event": "purchase",
+            "event_id": "evt_1",
+            "timestamp": "2024-01-05T10:20:30.123Z",
+            "anonymous_id": "a1",
+            "user_id": "u1",
+            "session_id": "s1",
+            "url": "https://shop.example.com/p?utm_source=google&utm_medium=cpc",
+            "path": "/p",
+            "referrer": "https://www.google.com/",
+            "properties": {"amount": 4900, "items": ["x", "é"]},
+        },
+    )
     (row,) = query(client, keys.rk)["rows"]
     assert list(row) == SPEC_ROW_FIELDS
     assert row["timestamp"] == "2024-01-05T10:20:30.123Z"
     assert isinstance(row["properties"], str) and json.loads(row["properties"]) == {"amount": 4900, "items": ["x", "é"]}
     assert (row["event_id"], row["event_name"], row["anonymous_id"], row["user_id"], row["session_id"]) == (
-        "evt_1", "purchase", "a1", "u1", "s1")
+        "evt_1",
+        "purchase",
+        "a1",
+        "u1",
+        "s1",
+    )
     assert (row["source"], row["medium"], row["source_confidence"]) == ("google", "paid", "high")
     assert row["source_rule_id"] and row["url"].startswith("https://shop.example.com/p") and row["path"] == "/p"
 
@@ -112,46 +146,77 @@ def test_rows_are_newest_first_and_only_the_keys_project(client, keys):
     assert query(client, keys.rk)["next_cursor"] is None
 
 
-@pytest.mark.parametrize(("name", "value", "expected"), [
-    ("event", "signup", {"e1"}),
-    ("source", "facebook", {"e2"}),
-    ("medium", "paid", {"e2"}),
-    ("anonymous_id", "a3", {"e3"}),
-    ("country", "US", set()),
-    ("session_id", "s4", {"e4"}),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("event", "signup", {"e1"}),
+        ("source", "facebook", {"e2"}),
+        ("medium", "paid", {"e2"}),
+        ("anonymous_id", "a3", {"e3"}),
+        ("country", "US", set()),
+        ("session_id", "s4", {"e4"}),
+    ],
+)
 def test_each_filter(client, keys, name, value, expected):
-    send(client, keys.sk,
-         {"event": "signup", "event_id": "e1", "timestamp": "2024-01-02T00:00:00Z"},
-         {"event": "x", "event_id": "e2", "timestamp": "2024-01-02T00:00:00Z",
-          "url": "https://shop.example.com/?fbclid=1&utm_source=facebook"},
-         {"event": "x", "event_id": "e3", "timestamp": "2024-01-02T00:00:00Z", "anonymous_id": "a3"},
-         {"event": "x", "event_id": "e4", "timestamp": "2024-01-02T00:00:00Z", "session_id": "s4"})
+    send(
+        client,
+        keys.sk,
+        {"event": "signup", "event_id": "e1", "timestamp": "2024-01-02T00:00:00Z"},
+        {
+            "event": "x",
+            "event_id": "e2",
+            "timestamp": "2024-01-02T00:00:00Z",
+            "url": "https://shop.example.com/?fbclid=1&utm_source=facebook",
+        },
+        {"event": "x", "event_id": "e3", "timestamp": "2024-01-02T00:00:00Z", "anonymous_id": "a3"},
+        {"event": "x", "event_id": "e4", "timestamp": "2024-01-02T00:00:00Z", "session_id": "s4"},
+    )
     assert {r["event_id"] for r in query(client, keys.rk, **{name: value})["rows"]} == expected
 
 
 def test_country_filter(client, keys):
-    send(client, keys.sk,
-         {"event": "x", "event_id": "us", "timestamp": "2024-01-02T00:00:00Z", "context": {"ip": "8.8.8.8"}},
-         {"event": "x", "event_id": "none", "timestamp": "2024-01-02T00:00:00Z"})
+    send(
+        client,
+        keys.sk,
+        {"event": "x", "event_id": "us", "timestamp": "2024-01-02T00:00:00Z", "context": {"ip": "8.8.8.8"}},
+        {"event": "x", "event_id": "none", "timestamp": "2024-01-02T00:00:00Z"},
+    )
     assert [r["event_id"] for r in query(client, keys.rk, country="US")["rows"]] == ["us"]
 
 
 def test_user_id_filter_stitches_identified_anonymous_events(client, keys):
-    send(client, keys.sk,
-         {"event": "browse", "event_id": "before", "timestamp": "2024-01-02T00:00:00Z", "anonymous_id": "anon-1"},
-         {"event": "buy", "event_id": "own", "timestamp": "2024-01-03T00:00:00Z", "anonymous_id": "anon-2",
-          "user_id": "alice"},
-         {"event": "browse", "event_id": "stranger", "timestamp": "2024-01-03T00:00:00Z", "anonymous_id": "anon-3"},
-         {"event": "browse", "event_id": "bob", "timestamp": "2024-01-03T00:00:00Z", "anonymous_id": "anon-4",
-          "user_id": "bob"})
+    send(
+        client,
+        keys.sk,
+        {"event": "browse", "event_id": "before", "timestamp": "2024-01-02T00:00:00Z", "anonymous_id": "anon-1"},
+        {
+            "event": "buy",
+            "event_id": "own",
+            "timestamp": "2024-01-03T00:00:00Z",
+            "anonymous_id": "anon-2",
+            "user_id": "alice",
+        },
+        {"event": "browse", "event_id": "stranger", "timestamp": "2024-01-03T00:00:00Z", "anonymous_id": "anon-3"},
+        {
+            "event": "browse",
+            "event_id": "bob",
+            "timestamp": "2024-01-03T00:00:00Z",
+            "anonymous_id": "anon-4",
+            "user_id": "bob",
+        },
+    )
     # the identify happens later (outside the range) and still links anon-1's earlier events
-    assert client.post("/v1/identify", json={"anonymous_id": "anon-1", "user_id": "alice"},
-                       headers=bearer(keys.sk)).status_code == 200
+    assert (
+        client.post(
+            "/v1/identify", json={"anonymous_id": "anon-1", "user_id": "alice"}, headers=bearer(keys.sk)
+        ).status_code
+        == 200
+    )
     assert {r["event_id"] for r in query(client, keys.rk, user_id="alice")["rows"]} == {"before", "own"}
     assert {r["event_id"] for r in query(client, keys.rk, user_id="bob")["rows"]} == {"bob"}
-    stats = client.get("/v1/stats", params={**RANGE, "user_id": "alice", "metric": "uniques"},
-                       headers=bearer(keys.rk)).json()
+    stats = client.get(
+        "/v1/stats", params={**RANGE, "user_id": "alice", "metric": "uniques"}, headers=bearer(keys.rk)
+    ).json()
     assert stats["rows"] == [{"value": 2}]
     # another project's identify does not link this project's events
     other = create_project(client, "other")
@@ -161,8 +226,11 @@ def test_user_id_filter_stitches_identified_anonymous_events(client, keys):
 
 # cursors ----------------------------------------------------------------------------------------
 def test_cursor_pages_in_order_with_ties_on_timestamp(client, keys):
-    send(client, keys.sk, *({"event": "x", "event_id": str(i), "timestamp": f"2024-01-02T00:00:{i // 3:02d}Z"}
-                            for i in range(25)))
+    send(
+        client,
+        keys.sk,
+        *({"event": "x", "event_id": str(i), "timestamp": f"2024-01-02T00:00:{i // 3:02d}Z"} for i in range(25)),
+    )
     seen, cursor = [], None
     while True:
         body = query(client, keys.rk, limit="4", **({"cursor": cursor} if cursor else {}))
@@ -199,12 +267,21 @@ def test_a_cursor_is_bound_to_its_query_and_cannot_be_forged(client, keys):
 
 
 def test_pages_are_stable_while_events_arrive(client, keys):
-    send(client, keys.sk, *({"event": "old", "event_id": str(i), "timestamp": f"2024-01-02T00:{i:02d}:00Z"}
-                            for i in range(6)))
+    send(
+        client,
+        keys.sk,
+        *({"event": "old", "event_id": str(i), "timestamp": f"2024-01-02T00:{i:02d}:00Z"} for i in range(6)),
+    )
     first = query(client, keys.rk, limit="3")
     # new events newer, older and equal to the page boundary arrive between the pages
-    send(client, keys.sk, *({"event": "new", "timestamp": t} for t in
-                            ("2024-01-03T00:00:00Z", "2024-01-02T00:00:30Z", "2024-01-02T00:03:00Z")))
+    send(
+        client,
+        keys.sk,
+        *(
+            {"event": "new", "timestamp": t}
+            for t in ("2024-01-03T00:00:00Z", "2024-01-02T00:00:30Z", "2024-01-02T00:03:00Z")
+        ),
+    )
     second = query(client, keys.rk, limit="3", cursor=first["next_cursor"])
     ids = [r["event_id"] for r in first["rows"] + second["rows"]]
     assert ids == ["5", "4", "3", "2", "1", "0"] and second["next_cursor"] is None
@@ -212,10 +289,16 @@ def test_pages_are_stable_while_events_arrive(client, keys):
 
 
 def test_timestamps_keep_microseconds_when_sent(client, keys):
-    send(client, keys.sk, {"event": "x", "timestamp": "2024-01-02T00:00:00.123456+00:00"},
-         {"event": "x", "timestamp": "2024-01-02T00:00:00Z"})
+    send(
+        client,
+        keys.sk,
+        {"event": "x", "timestamp": "2024-01-02T00:00:00.123456+00:00"},
+        {"event": "x", "timestamp": "2024-01-02T00:00:00Z"},
+    )
     assert [r["timestamp"] for r in query(client, keys.rk)["rows"]] == [
-        "2024-01-02T00:00:00.123456Z", "2024-01-02T00:00:00.000Z"]
+        "2024-01-02T00:00:00.123456Z",
+        "2024-01-02T00:00:00.000Z",
+    ]
 
 
 def test_query_timestamps_are_utc_whatever_offset_was_sent(client, keys):

@@ -14,10 +14,17 @@ RANGE = {"from": "2024-06-01T00:00:00Z", "to": "2024-06-02T00:00:00Z"}
 
 
 def batch(n: int, prefix: str, rng: random.Random) -> dict:
-    return {"events": [{"event": "x", "event_id": f"{prefix}{i}",
-                        # whole seconds, so many events share a timestamp and pages split ties
-                        "timestamp": (START + dt.timedelta(seconds=rng.randrange(3600))).isoformat() + "Z"}
-                       for i in range(n)]}
+    return {
+        "events": [
+            {
+                "event": "x",
+                "event_id": f"{prefix}{i}",
+                # whole seconds, so many events share a timestamp and pages split ties
+                "timestamp": (START + dt.timedelta(seconds=rng.randrange(3600))).isoformat() + "Z",
+            }
+            for i in range(n)
+        ]
+    }
 
 
 def test_cursor_pages_stably_while_new_events_arrive(server_factory, tmp_path):
@@ -26,8 +33,9 @@ def test_cursor_pages_stably_while_new_events_arrive(server_factory, tmp_path):
     rng = random.Random(1)
     with httpx.Client(base_url=server.url, timeout=30) as client:
         for start in range(0, 2500, 1000):
-            r = client.post("/v1/batch", json=batch(min(1000, 2500 - start), f"orig-{start}-", rng),
-                            headers=bearer(keys.sk))
+            r = client.post(
+                "/v1/batch", json=batch(min(1000, 2500 - start), f"orig-{start}-", rng), headers=bearer(keys.sk)
+            )
             assert r.status_code == 202, r.text
 
         stop, inserted = threading.Event(), []
@@ -36,8 +44,9 @@ def test_cursor_pages_stably_while_new_events_arrive(server_factory, tmp_path):
             writer_rng = random.Random(2)
             with httpx.Client(base_url=server.url, timeout=30) as writer:
                 while not stop.is_set():
-                    r = writer.post("/v1/batch", json=batch(50, f"new-{len(inserted)}-", writer_rng),
-                                    headers=bearer(keys.sk))
+                    r = writer.post(
+                        "/v1/batch", json=batch(50, f"new-{len(inserted)}-", writer_rng), headers=bearer(keys.sk)
+                    )
                     assert r.status_code == 202
                     inserted.append(50)
 

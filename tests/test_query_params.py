@@ -50,21 +50,28 @@ def test_from_must_be_before_to(client, keys, path):
     assert_invalid(get(client, path, keys.rk, **{"from": RANGE["from"], "to": RANGE["from"]}), "to")
     assert_invalid(get(client, path, keys.rk, **{"from": RANGE["to"], "to": RANGE["from"]}), "to")
     # the same instant written with two offsets is still empty
-    assert_invalid(get(client, path, keys.rk, **{"from": "2024-01-01T01:00:00+01:00", "to": "2024-01-01T00:00:00Z"}), "to")
+    assert_invalid(
+        get(client, path, keys.rk, **{"from": "2024-01-01T01:00:00+01:00", "to": "2024-01-01T00:00:00Z"}), "to"
+    )
     assert get(client, path, keys.rk, **RANGE).status_code == 200
 
 
 def test_from_is_inclusive_and_to_exclusive_at_the_exact_instant(client, keys):
-    send(client, keys.sk,
-         {"event": "edge", "timestamp": "2024-01-01T00:00:00Z"},
-         {"event": "edge", "timestamp": "2024-01-01T00:00:00.000001Z"},
-         {"event": "edge", "timestamp": "2024-01-01T11:59:59.999999Z"},
-         {"event": "edge", "timestamp": "2024-01-01T12:00:00Z"})
+    send(
+        client,
+        keys.sk,
+        {"event": "edge", "timestamp": "2024-01-01T00:00:00Z"},
+        {"event": "edge", "timestamp": "2024-01-01T00:00:00.000001Z"},
+        {"event": "edge", "timestamp": "2024-01-01T11:59:59.999999Z"},
+        {"event": "edge", "timestamp": "2024-01-01T12:00:00Z"},
+    )
 
     def count(frm, to):
         stats = get(client, "/v1/stats", keys.rk, **{"from": frm, "to": to}).json()["rows"][0]["value"]
         rows = get(client, "/v1/query", keys.rk, **{"from": frm, "to": to}).json()["rows"]
-        sources = sum(r["events"] for r in get(client, "/v1/sources", keys.rk, **{"from": frm, "to": to}).json()["rows"])
+        sources = sum(
+            r["events"] for r in get(client, "/v1/sources", keys.rk, **{"from": frm, "to": to}).json()["rows"]
+        )
         assert stats == len(rows) == sources
         return stats
 
@@ -78,8 +85,9 @@ def test_from_is_inclusive_and_to_exclusive_at_the_exact_instant(client, keys):
     assert count("2023-12-31T19:00:00-05:00", "2024-01-01T00:00:00.000001+00:00") == 1
 
 
-@pytest.mark.parametrize(("path", "high", "default"), [("/v1/query", 1000, 100), ("/v1/stats", 1000, 100),
-                                                       ("/v1/sources", 200, 50)])
+@pytest.mark.parametrize(
+    ("path", "high", "default"), [("/v1/query", 1000, 100), ("/v1/stats", 1000, 100), ("/v1/sources", 200, 50)]
+)
 def test_limit_bounds(client, keys, path, high, default):
     for ok in ("1", str(high)):
         assert get(client, path, keys.rk, **RANGE, limit=ok).status_code == 200
@@ -103,43 +111,82 @@ def test_every_metric(client, keys, metric):
 def test_every_interval(client, keys, interval):
     send(client, keys.sk, {"event": "x", "timestamp": "2024-01-10T10:30:00Z"})
     rows = get(client, "/v1/stats", keys.rk, **RANGE, interval=interval).json()["rows"]
-    expected = {"hour": "2024-01-10T10:00:00Z", "day": "2024-01-10T00:00:00Z",
-                "week": "2024-01-08T00:00:00Z", "month": "2024-01-01T00:00:00Z"}[interval]
+    expected = {
+        "hour": "2024-01-10T10:00:00Z",
+        "day": "2024-01-10T00:00:00Z",
+        "week": "2024-01-08T00:00:00Z",
+        "month": "2024-01-01T00:00:00Z",
+    }[interval]
     assert rows == [{"bucket": expected, "value": 1}]
 
 
-@pytest.mark.parametrize("column", ["event_name", "source", "medium", "campaign", "country", "device_type",
-                                    "browser", "os", "path", "referrer_host"])
+@pytest.mark.parametrize(
+    "column",
+    ["event_name", "source", "medium", "campaign", "country", "device_type", "browser", "os", "path", "referrer_host"],
+)
 def test_every_group_by_column(client, keys, column):
-    send(client, keys.sk, {"event": "x", "timestamp": "2024-01-10T10:30:00Z", "path": "/a",
-                           "url": "https://shop.example.com/a?utm_source=news&utm_medium=email&utm_campaign=jan",
-                           "referrer": "https://Mail.Example.org:8443/inbox?x=1"})
+    send(
+        client,
+        keys.sk,
+        {
+            "event": "x",
+            "timestamp": "2024-01-10T10:30:00Z",
+            "path": "/a",
+            "url": "https://shop.example.com/a?utm_source=news&utm_medium=email&utm_campaign=jan",
+            "referrer": "https://Mail.Example.org:8443/inbox?x=1",
+        },
+    )
     rows = get(client, "/v1/stats", keys.rk, **RANGE, group_by=column).json()["rows"]
     assert len(rows) == 1 and set(rows[0]) == {column, "value"} and rows[0]["value"] == 1
     if column == "referrer_host":
         assert rows[0]["referrer_host"] == "mail.example.org"
 
 
-@pytest.mark.parametrize("bad", ["ip_hash", "event_name,user_id", "properties", "EVENT_NAME", "source;drop table events"])
+@pytest.mark.parametrize(
+    "bad", ["ip_hash", "event_name,user_id", "properties", "EVENT_NAME", "source;drop table events"]
+)
 def test_group_by_outside_the_allow_list(client, keys, bad):
     r = get(client, "/v1/stats", keys.rk, **RANGE, group_by=bad)
     assert r.status_code == 400
     body = r.json()
     assert body["error"] == "invalid_group_by"
-    assert body["details"]["allowed"] == ["event_name", "source", "medium", "campaign", "country", "device_type",
-                                          "browser", "os", "path", "referrer_host"]
+    assert body["details"]["allowed"] == [
+        "event_name",
+        "source",
+        "medium",
+        "campaign",
+        "country",
+        "device_type",
+        "browser",
+        "os",
+        "path",
+        "referrer_host",
+    ]
 
 
-@pytest.mark.parametrize(("param", "bad"), [("metric", "median"), ("metric", "COUNT"), ("interval", "minute"),
-                                            ("interval", "year"), ("tz", "Mars/Olympus"), ("tz", "localtime"),
-                                            ("tz", "../../etc/passwd"), ("tz", "+01:00")])
+@pytest.mark.parametrize(
+    ("param", "bad"),
+    [
+        ("metric", "median"),
+        ("metric", "COUNT"),
+        ("interval", "minute"),
+        ("interval", "year"),
+        ("tz", "Mars/Olympus"),
+        ("tz", "localtime"),
+        ("tz", "../../etc/passwd"),
+        ("tz", "+01:00"),
+    ],
+)
 def test_bad_stats_enums(client, keys, param, bad):
     assert_invalid(get(client, "/v1/stats", keys.rk, **{**RANGE, "interval": "day", param: bad}), param)
 
 
 @pytest.mark.parametrize("breakdown", ["source_medium", "source"])
 def test_every_breakdown(client, keys, breakdown):
-    assert get(client, "/v1/sources", keys.rk, **RANGE, breakdown=breakdown).json() == {"breakdown": breakdown, "rows": []}
+    assert get(client, "/v1/sources", keys.rk, **RANGE, breakdown=breakdown).json() == {
+        "breakdown": breakdown,
+        "rows": [],
+    }
 
 
 def test_bad_breakdown(client, keys):
@@ -161,5 +208,6 @@ def test_range_may_not_exceed_the_projects_retention(client):
     for path in ENDPOINTS:
         ok = get(client, path, keys.rk, **{"from": "2024-01-01T00:00:00Z", "to": "2024-01-31T00:00:00Z"})
         assert ok.status_code == 200
-        assert_invalid(get(client, path, keys.rk, **{"from": "2024-01-01T00:00:00Z", "to": "2024-01-31T00:00:01Z"}),
-                       "from")
+        assert_invalid(
+            get(client, path, keys.rk, **{"from": "2024-01-01T00:00:00Z", "to": "2024-01-31T00:00:01Z"}), "from"
+        )

@@ -64,6 +64,7 @@ def test_a_route_can_be_switched_off_per_project(client, keys):
 
 def drive(urls: list[str], token: str, rate: float, seconds: float) -> dict[int, int]:
     """Send /v1/track at `rate` requests/s spread over `urls` for `seconds`; count statuses."""
+
     async def run() -> dict[int, int]:
         counts: dict[int, int] = {}
         # Idle connections expire here before the server's 5 s keep-alive timeout closes them: a
@@ -125,12 +126,18 @@ def test_two_servers_share_one_budget_through_redis(server_factory, tmp_path, re
     data_dir = tmp_path / "data"
     keys = cli_project(data_dir)
     cli("projects", "create", "unused", data_dir=data_dir)
-    env = {"MILLIMETRIC_RATE_LIMITS": "on", "MILLIMETRIC_REDIS_URL": REDIS_URL, "MILLIMETRIC_REDIS_PREFIX": redis_prefix}
+    env = {
+        "MILLIMETRIC_RATE_LIMITS": "on",
+        "MILLIMETRIC_REDIS_URL": REDIS_URL,
+        "MILLIMETRIC_REDIS_PREFIX": redis_prefix,
+    }
     first = server_factory(data_dir, env=env)
     # A second API process on another port and data directory, sharing the control plane (same
     # SQLite file through MILLIMETRIC_DATABASE_URL) and the Redis budget.
-    shared_control = {"MILLIMETRIC_DATABASE_URL": f"sqlite:///{data_dir / 'control.sqlite3'}",
-                      "MILLIMETRIC_PEPPER": (data_dir / "pepper").read_text().strip()}
+    shared_control = {
+        "MILLIMETRIC_DATABASE_URL": f"sqlite:///{data_dir / 'control.sqlite3'}",
+        "MILLIMETRIC_PEPPER": (data_dir / "pepper").read_text().strip(),
+    }
     second = server_factory(tmp_path / "data2", env={**env, **shared_control})
     counts = drive([first.url, second.url], keys.sk, rate=100, seconds=10)
     assert set(counts) <= {202, 429}
@@ -142,8 +149,9 @@ def test_unreachable_redis_fails_open(server_factory, tmp_path):
     keys = cli_project(data_dir)
     env = {"MILLIMETRIC_RATE_LIMITS": "on", "MILLIMETRIC_REDIS_URL": "redis://127.0.0.1:1/0"}
     server = server_factory(data_dir, env=env)
-    statuses = {httpx.post(f"{server.url}/v1/track", json={"event": "x"}, headers=bearer(keys.sk)).status_code
-                for _ in range(5)}
+    statuses = {
+        httpx.post(f"{server.url}/v1/track", json={"event": "x"}, headers=bearer(keys.sk)).status_code for _ in range(5)
+    }
     assert statuses == {202}
     server.stop()
     assert "failing open" in server.log_path.read_text()

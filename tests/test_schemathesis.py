@@ -53,10 +53,12 @@ CHECKS = [
 # Valid keys are always supplied (authentication failures have their own tests). Were
 # `Authorization` generated as a parameter, negative cases would drop or mangle it, and the key
 # the test puts back would turn them into false "invalid data accepted" reports.
-CONFIG = schemathesis.Config.from_dict({
-    "generation": {"with-security-parameters": False},
-    "checks": {"negative_data_rejection": {"expected-statuses": ["400", "404", "405", "408", "413", "415"]}},
-})
+CONFIG = schemathesis.Config.from_dict(
+    {
+        "generation": {"with-security-parameters": False},
+        "checks": {"negative_data_rejection": {"expected-statuses": ["400", "404", "405", "408", "413", "415"]}},
+    }
+)
 INGEST = {"/v1/track", "/v1/batch", "/v1/identify"}
 READ = {"/v1/query", "/v1/stats", "/v1/sources"}
 NO_INPUTS = {"/healthz", "/openapi.json"}  # exactly one distinct request each
@@ -84,12 +86,16 @@ def _seed(url: str, keys: Keys) -> tuple[str, dict[str, str]]:
     """Events the read routes can find (so their 200 bodies have rows), and a real forget job."""
     sk = bearer(keys.sk)
     events = [
-        {"event": "$pageview", "anonymous_id": f"a{i}", "user_id": "u1" if i % 3 == 0 else None,
-         "timestamp": (SEED_START + dt.timedelta(minutes=7 * i)).isoformat(),
-         "url": f"https://shop.example.com/p/{i}?utm_source={'google' if i % 2 else 'newsletter'}"
-                f"&utm_medium={'cpc' if i % 4 == 1 else 'email'}&utm_campaign=c{i % 3}",
-         "referrer": ["https://www.google.com/", "https://l.facebook.com/", None][i % 3],
-         "properties": {"i": i, "nested": {"ok": True}}}
+        {
+            "event": "$pageview",
+            "anonymous_id": f"a{i}",
+            "user_id": "u1" if i % 3 == 0 else None,
+            "timestamp": (SEED_START + dt.timedelta(minutes=7 * i)).isoformat(),
+            "url": f"https://shop.example.com/p/{i}?utm_source={'google' if i % 2 else 'newsletter'}"
+            f"&utm_medium={'cpc' if i % 4 == 1 else 'email'}&utm_campaign=c{i % 3}",
+            "referrer": ["https://www.google.com/", "https://l.facebook.com/", None][i % 3],
+            "properties": {"i": i, "nested": {"ok": True}},
+        }
         for i in range(12)
     ]
     with httpx.Client(base_url=url, timeout=10) as client:
@@ -164,7 +170,10 @@ def test_operation_honours_the_document(live: Live, label: str) -> None:
     started = time.monotonic()
 
     @settings(
-        max_examples=budget, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
+        max_examples=budget,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
     @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live.keys)))

@@ -49,15 +49,17 @@ def generated_rows(n: int, seed: int) -> list[EventRow]:
     for _ in range(n):
         source, medium = rng.choice(ARRIVALS)
         visitor = rng.randrange(150)  # visitors return on other days, by other sources
-        rows.append(EventRow(
-            project_id=PROJECT,
-            timestamp=START + dt.timedelta(seconds=rng.randrange(SPAN_S)),
-            event_name="$pageview",
-            anonymous_id=f"v{visitor}",
-            user_id=f"u{visitor}" if visitor % 10 == 0 else None,
-            source=source,
-            medium=medium,
-        ))
+        rows.append(
+            EventRow(
+                project_id=PROJECT,
+                timestamp=START + dt.timedelta(seconds=rng.randrange(SPAN_S)),
+                event_name="$pageview",
+                anonymous_id=f"v{visitor}",
+                user_id=f"u{visitor}" if visitor % 10 == 0 else None,
+                source=source,
+                medium=medium,
+            )
+        )
     return rows
 
 
@@ -68,8 +70,13 @@ def expected(rows: list[EventRow], time_range: TimeRange, breakdown: str) -> lis
             key = (row.source, row.medium) if breakdown == "source_medium" else (row.source, None)
             groups.setdefault(key, []).append(row)
     answer = [
-        SourceRow(source, medium, len(members), len({m.anonymous_id for m in members}),
-                  sum(1 for m in members if m.medium == "paid"))
+        SourceRow(
+            source,
+            medium,
+            len(members),
+            len({m.anonymous_id for m in members}),
+            sum(1 for m in members if m.medium == "paid"),
+        )
         for (source, medium), members in groups.items()
     ]
     answer.sort(key=lambda r: (-r.events, r.source, r.medium or ""))
@@ -86,7 +93,7 @@ class Store:
 
     def send(self, rows: list[EventRow]) -> None:
         for i in range(0, len(rows), BATCH):
-            batch = rows[i:i + BATCH]
+            batch = rows[i : i + BATCH]
             self.database.append(encode_rows(batch), len(batch))
         self.rows.extend(rows)
 
@@ -141,9 +148,12 @@ def test_answers_are_exact_whatever_the_rollup_holds(store: Store) -> None:
     assert store.database.fold() == 700
     store.assert_matches_reference()
     assert len({row.source for row in store.rows}) >= 4  # the data is varied
-    assert {row.source for row in store.database.sources(
-        PROJECT, SourcesPlan(TimeRange(START, START + dt.timedelta(days=12)), "source", 200))} == {
-        source for source, _ in ARRIVALS}
+    assert {
+        row.source
+        for row in store.database.sources(
+            PROJECT, SourcesPlan(TimeRange(START, START + dt.timedelta(days=12)), "source", 200)
+        )
+    } == {source for source, _ in ARRIVALS}
 
 
 def test_answers_stay_exact_after_forget_and_retention(store: Store) -> None:
@@ -171,7 +181,8 @@ def test_answers_stay_exact_after_forget_and_retention(store: Store) -> None:
 def test_the_rollup_holds_one_row_per_visitor_and_way_in(store: Store) -> None:
     store.database.fold()
     rows = store.stored(
-        "SELECT count(*), count(DISTINCT (way, vid)) FROM source_medium_visitors WHERE project_id = ?", [PROJECT])
+        "SELECT count(*), count(DISTINCT (way, vid)) FROM source_medium_visitors WHERE project_id = ?", [PROJECT]
+    )
     assert rows[0][0] == rows[0][1] > 0
     for table in ("source_medium_visitors", "source_visitors"):
         assert store.stored(f"SELECT count(*) FROM {table} WHERE list_sort(days) != days OR len(days) = 0") == [(0,)]
@@ -179,11 +190,14 @@ def test_the_rollup_holds_one_row_per_visitor_and_way_in(store: Store) -> None:
     assert rows[0][0] == rows[0][1] == rows[0][2] == len({row.anonymous_id for row in store.rows})
 
 
-@pytest.mark.parametrize(("start", "end", "days"), [
-    (dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 8), (dt.date(2024, 3, 1), dt.date(2024, 3, 8))),
-    (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 9, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 9))),
-    (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 8, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 2))),
-    (dt.datetime(2024, 3, 1, 6), dt.datetime(2024, 3, 1, 9), (dt.date(2024, 3, 2), dt.date(2024, 3, 2))),
-])
+@pytest.mark.parametrize(
+    ("start", "end", "days"),
+    [
+        (dt.datetime(2024, 3, 1), dt.datetime(2024, 3, 8), (dt.date(2024, 3, 1), dt.date(2024, 3, 8))),
+        (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 9, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 9))),
+        (dt.datetime(2024, 3, 1, 0, 0, 1), dt.datetime(2024, 3, 8, 5), (dt.date(2024, 3, 2), dt.date(2024, 3, 2))),
+        (dt.datetime(2024, 3, 1, 6), dt.datetime(2024, 3, 1, 9), (dt.date(2024, 3, 2), dt.date(2024, 3, 2))),
+    ],
+)
 def test_the_rollup_answers_for_the_whole_days_of_a_week_or_more(start, end, days) -> None:
     assert rolled_up_days(TimeRange(start, end)) == days

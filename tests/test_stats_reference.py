@@ -16,16 +16,38 @@ from conftest import bearer, create_project, make_settings, stored_events
 RANGE = {"from": "2024-03-01T00:00:00Z", "to": "2024-04-15T00:00:00Z"}
 START = dt.datetime(2024, 2, 28)  # a few events fall outside the range on both sides
 SPAN_S = 50 * 86400
-GROUP_COLUMNS = ["event_name", "source", "medium", "campaign", "country", "device_type", "browser", "os", "path",
-                 "referrer_host"]
+GROUP_COLUMNS = [
+    "event_name",
+    "source",
+    "medium",
+    "campaign",
+    "country",
+    "device_type",
+    "browser",
+    "os",
+    "path",
+    "referrer_host",
+]
 GROUPINGS = [()] + [(c,) for c in GROUP_COLUMNS] + [("source", "medium"), ("event_name", "country", "device_type")]
 METRICS = ["count", "uniques", "sessions", "users"]
 INTERVALS = [None, "hour", "day", "week", "month"]
-URLS = ["https://shop.example.com/", "https://shop.example.com/a?utm_source=newsletter&utm_medium=email&utm_campaign=m1",
-        "https://shop.example.com/b?gclid=1", "https://shop.example.com/c?fbclid=2&utm_source=instagram",
-        "https://shop.example.com/d?utm_source=partner&utm_medium=referral&utm_campaign=m2"]
-REFERRERS = [None, None, "https://www.google.com/search", "https://l.facebook.com/", "https://news.ycombinator.com/",
-             "https://shop.example.com/a", "https://blog.example.org/post/1", "https://T.CO/x"]
+URLS = [
+    "https://shop.example.com/",
+    "https://shop.example.com/a?utm_source=newsletter&utm_medium=email&utm_campaign=m1",
+    "https://shop.example.com/b?gclid=1",
+    "https://shop.example.com/c?fbclid=2&utm_source=instagram",
+    "https://shop.example.com/d?utm_source=partner&utm_medium=referral&utm_campaign=m2",
+]
+REFERRERS = [
+    None,
+    None,
+    "https://www.google.com/search",
+    "https://l.facebook.com/",
+    "https://news.ycombinator.com/",
+    "https://shop.example.com/a",
+    "https://blog.example.org/post/1",
+    "https://T.CO/x",
+]
 IPS = ["8.8.8.8", "81.2.69.142", "2.16.0.1", "1.1.1.1", "203.0.113.9", "91.198.174.192"]
 USER_AGENTS = [
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36",
@@ -69,7 +91,7 @@ def loaded(tmp_path_factory):
         keys = create_project(client)
         events = generated_events(3000)
         for i in range(0, len(events), 1000):
-            r = client.post("/v1/batch", json={"events": events[i:i + 1000]}, headers=bearer(keys.sk))
+            r = client.post("/v1/batch", json={"events": events[i : i + 1000]}, headers=bearer(keys.sk))
             assert r.status_code == 202, r.text
         for anon, user in (("a1", "u1"), ("a2", "u1"), ("a3", "u9")):
             client.post("/v1/identify", json={"anonymous_id": anon, "user_id": user}, headers=bearer(keys.sk))
@@ -102,8 +124,9 @@ def label(start: dt.datetime, tz: str) -> str:
     return text.replace("+00:00", "Z") if tz == "UTC" else text
 
 
-def expected(rows: list[dict], metric: str, group_by: tuple, interval: str | None, tz: str, limit: int,
-             keep=lambda row: True) -> list[dict]:
+def expected(
+    rows: list[dict], metric: str, group_by: tuple, interval: str | None, tz: str, limit: int, keep=lambda row: True
+) -> list[dict]:
     lo, hi = dt.datetime(2024, 3, 1), dt.datetime(2024, 4, 15)
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -128,10 +151,13 @@ def expected(rows: list[dict], metric: str, group_by: tuple, interval: str | Non
             item["bucket"] = bucket
         item["value"] = value(members)
         answer.append(item)
-    answer.sort(key=lambda r: (
-        r["bucket"].timestamp() if interval else 0, -r["value"],
-        *((r[c] is not None, r[c] or "") for c in group_by),
-    ))
+    answer.sort(
+        key=lambda r: (
+            r["bucket"].timestamp() if interval else 0,
+            -r["value"],
+            *((r[c] is not None, r[c] or "") for c in group_by),
+        )
+    )
     for item in answer:
         if interval:
             item["bucket"] = label(item["bucket"], tz)
@@ -147,8 +173,9 @@ def stats(client, rk, **params):
 
 
 @pytest.mark.parametrize("metric", METRICS)
-@pytest.mark.parametrize(("interval", "tz"), [(None, "UTC")] + [(i, tz) for i in INTERVALS[1:]
-                                                                 for tz in ("UTC", "Europe/Berlin")])
+@pytest.mark.parametrize(
+    ("interval", "tz"), [(None, "UTC")] + [(i, tz) for i in INTERVALS[1:] for tz in ("UTC", "Europe/Berlin")]
+)
 def test_every_metric_group_by_and_interval_matches_the_reference(loaded, metric, interval, tz):
     client, rk, rows = loaded
     for group_by in GROUPINGS:
@@ -162,19 +189,27 @@ def test_every_metric_group_by_and_interval_matches_the_reference(loaded, metric
         assert body["rows"] == expected(rows, metric, group_by, interval, tz, 1000), (group_by, interval, tz)
 
 
-@pytest.mark.parametrize(("params", "keep"), [
-    ({"event": "signup"}, lambda r: r["event_name"] == "signup"),
-    ({"source": "google"}, lambda r: r["source"] == "google"),
-    ({"medium": "email"}, lambda r: r["medium"] == "email"),
-    ({"country": "US"}, lambda r: r["country"] == "US"),
-    ({"anonymous_id": "a7"}, lambda r: r["anonymous_id"] == "a7"),
-    ({"session_id": "s3"}, lambda r: r["session_id"] == "s3"),
-    ({"event": "$pageview", "source": "direct"}, lambda r: r["event_name"] == "$pageview" and r["source"] == "direct"),
-    # user_id stitches: u1's own events plus everything of a1 and a2, which an identify linked to u1
-    ({"user_id": "u1"}, lambda r: r["user_id"] == "u1" or r["anonymous_id"] in ("a1", "a2")),
-    ({"user_id": "u1", "event": "click"},
-     lambda r: (r["user_id"] == "u1" or r["anonymous_id"] in ("a1", "a2")) and r["event_name"] == "click"),
-])
+@pytest.mark.parametrize(
+    ("params", "keep"),
+    [
+        ({"event": "signup"}, lambda r: r["event_name"] == "signup"),
+        ({"source": "google"}, lambda r: r["source"] == "google"),
+        ({"medium": "email"}, lambda r: r["medium"] == "email"),
+        ({"country": "US"}, lambda r: r["country"] == "US"),
+        ({"anonymous_id": "a7"}, lambda r: r["anonymous_id"] == "a7"),
+        ({"session_id": "s3"}, lambda r: r["session_id"] == "s3"),
+        (
+            {"event": "$pageview", "source": "direct"},
+            lambda r: r["event_name"] == "$pageview" and r["source"] == "direct",
+        ),
+        # user_id stitches: u1's own events plus everything of a1 and a2, which an identify linked to u1
+        ({"user_id": "u1"}, lambda r: r["user_id"] == "u1" or r["anonymous_id"] in ("a1", "a2")),
+        (
+            {"user_id": "u1", "event": "click"},
+            lambda r: (r["user_id"] == "u1" or r["anonymous_id"] in ("a1", "a2")) and r["event_name"] == "click",
+        ),
+    ],
+)
 @pytest.mark.parametrize("metric", METRICS)
 def test_filters_match_the_reference(loaded, params, keep, metric):
     client, rk, rows = loaded

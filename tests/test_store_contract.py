@@ -60,16 +60,36 @@ BIG = 1_000_000  # a limit nothing reaches
 PAGE = 7
 
 SOURCE_MEDIUMS = [("", "")] * 4 + [
-    ("google", "organic"), ("google", "organic"), ("google", "paid"), ("facebook", "social"), ("facebook", "paid"),
-    ("newsletter", "email"), ("news.ycombinator.com", "referral"), ("bing", "organic"), ("bing", "paid"),
+    ("google", "organic"),
+    ("google", "organic"),
+    ("google", "paid"),
+    ("facebook", "social"),
+    ("facebook", "paid"),
+    ("newsletter", "email"),
+    ("news.ycombinator.com", "referral"),
+    ("bing", "organic"),
+    ("bing", "paid"),
 ]
 REFERRERS = [None] * 6 + [
-    "https://www.google.com/search?q=x", "https://l.facebook.com/", "https://news.ycombinator.com/item?id=1",
-    "https://WWW.Google.COM/", "HTTPS://UPPER.EXAMPLE.ORG/Path",  # upper case
-    "https://example.com:8443/x", "http://user:secret@login.example.net:81/", "https://a@b@c.example/",  # port, userinfo
-    "www.no-scheme.example/page", "//protocol-relative.example/", "1http://digit-first.example/",  # no scheme: NULL
-    "https://", "", "android-app://com.google.android.gm/", "https://[2001:DB8::1]:8080/x",  # empty host, odd schemes
-    "https://host.example?x=1", "https://host.example#frag", "https://[::1", "mailto:someone@example.com",
+    "https://www.google.com/search?q=x",
+    "https://l.facebook.com/",
+    "https://news.ycombinator.com/item?id=1",
+    "https://WWW.Google.COM/",
+    "HTTPS://UPPER.EXAMPLE.ORG/Path",  # upper case
+    "https://example.com:8443/x",
+    "http://user:secret@login.example.net:81/",
+    "https://a@b@c.example/",  # port, userinfo
+    "www.no-scheme.example/page",
+    "//protocol-relative.example/",
+    "1http://digit-first.example/",  # no scheme: NULL
+    "https://",
+    "",
+    "android-app://com.google.android.gm/",
+    "https://[2001:DB8::1]:8080/x",  # empty host, odd schemes
+    "https://host.example?x=1",
+    "https://host.example#frag",
+    "https://[::1",
+    "mailto:someone@example.com",
 ]
 PATHS = [None, "/", "/", "/pricing", "/p/1", "/P/1", "/p/2", "/checkout", "/blog/a-post"]
 EVENTS = [PAGEVIEW_EVENT] * 5 + ["click", "signup", "purchase", "search"]
@@ -91,15 +111,26 @@ def _event(rng: random.Random, i: int, project: str, when: D) -> EventRow:
         session = None
     path = rng.choice(PATHS)
     return EventRow(
-        project_id=project, timestamp=when, event_name=rng.choice(EVENTS),
+        project_id=project,
+        timestamp=when,
+        event_name=rng.choice(EVENTS),
         event_id=None if rng.random() < 0.2 else f"e{i}",
-        anonymous_id=anon, user_id=user_id, session_id=session, source=source, medium=medium,
-        campaign=rng.choice(CAMPAIGNS), source_confidence=rng.choice(["high", "low", ""]),
-        source_rule_id=rng.choice(["", "r1", "r2"]), referrer=rng.choice(REFERRERS),
+        anonymous_id=anon,
+        user_id=user_id,
+        session_id=session,
+        source=source,
+        medium=medium,
+        campaign=rng.choice(CAMPAIGNS),
+        source_confidence=rng.choice(["high", "low", ""]),
+        source_rule_id=rng.choice(["", "r1", "r2"]),
+        referrer=rng.choice(REFERRERS),
         url=None if path is None or rng.random() < 0.1 else f"https://shop.example.com{path}",
-        path=path, country=rng.choice(["", "DE", "US", "FR", "GB"]),
-        device_type=rng.choice(["desktop", "mobile", "tablet", ""]), browser=rng.choice(["Chrome", "Firefox", "Safari", ""]),
-        os=rng.choice(["Windows", "macOS", "iOS", "Android", "Linux", ""]), ip_hash=f"{rng.getrandbits(64):016x}",
+        path=path,
+        country=rng.choice(["", "DE", "US", "FR", "GB"]),
+        device_type=rng.choice(["desktop", "mobile", "tablet", ""]),
+        browser=rng.choice(["Chrome", "Firefox", "Safari", ""]),
+        os=rng.choice(["Windows", "macOS", "iOS", "Android", "Linux", ""]),
+        ip_hash=f"{rng.getrandbits(64):016x}",
         properties=rng.choice(["{}", "{}", '{"plan":"pro"}', '{"n":1,"tags":["a","b"]}']),
     )
 
@@ -130,14 +161,21 @@ def dataset(seed: int = 20241027) -> tuple[tuple[EventRow, ...], ...]:
     # $identify rows, some before the range (stitching ignores the range), some for users with no
     # events of their own, some linking one visitor to two users, in both projects.
     identifies = [(MAIN, f"a{rng.randrange(250)}", f"u{rng.randrange(30)}") for _ in range(50)]
-    identifies += [(MAIN, "a5", "u1"), (MAIN, "a6", "u1"), (MAIN, "a5", "u2"), (MAIN, "a7", "linked-only"),
-                   (MAIN, "a8", "linked-only"), (OTHER, "a9", "u1"), (OTHER, "a5", "u3")]
+    identifies += [
+        (MAIN, "a5", "u1"),
+        (MAIN, "a6", "u1"),
+        (MAIN, "a5", "u2"),
+        (MAIN, "a7", "linked-only"),
+        (MAIN, "a8", "linked-only"),
+        (OTHER, "a9", "u1"),
+        (OTHER, "a5", "u3"),
+    ]
     for n, (project, anon, user) in enumerate(identifies):
         window = (D(2024, 9, 1), 80) if project == MAIN else OTHER_WINDOW
         row = _event(rng, 20_000 + n, project, _when(rng, window, []))
         rows.append(EventRow(**{**_fields(row), "event_name": IDENTIFY_EVENT, "anonymous_id": anon, "user_id": user}))
     rng.shuffle(rows)
-    return tuple(tuple(rows[i:i + 900]) for i in range(0, len(rows), 900))
+    return tuple(tuple(rows[i : i + 900]) for i in range(0, len(rows), 900))
 
 
 def extra_events(seed: int, n: int, window: tuple[D, int], project: str = MAIN, **fields: Any) -> list[EventRow]:
@@ -227,21 +265,29 @@ def walk(store, project: str, plan: RowsPlan, max_pages: int = 10_000) -> list:
     return pages
 
 
-def assert_walk(store, ref: ReferenceStore, project: str, time_range: TimeRange, filters: Filters,
-                limit: int = PAGE, what: str = "") -> None:
+def assert_walk(
+    store, ref: ReferenceStore, project: str, time_range: TimeRange, filters: Filters, limit: int = PAGE, what: str = ""
+) -> None:
     """A full walk equals the reference's newest-first list, page by page."""
     want = ref.all_rows(project, time_range, filters)
     pages = walk(store, project, RowsPlan(time_range, filters, limit))
     label = f"rows {what or filters} of {project} in {time_range.start}..{time_range.end}, limit {limit}"
     for n, page in enumerate(pages):
-        assert_same(page.rows, want[n * limit:(n + 1) * limit], f"{label}, page {n + 1} of {len(pages)}")
+        assert_same(page.rows, want[n * limit : (n + 1) * limit], f"{label}, page {n + 1} of {len(pages)}")
     expected_pages = max(1, -(-len(want) // limit))
     assert len(pages) == expected_pages, f"{label}: {len(pages)} pages for {len(want)} rows, want {expected_pages}"
     assert all(page.next is not None for page in pages[:-1]) and pages[-1].next is None, label
 
 
-def stats_plan(metric: str, group_by: tuple = (), interval: str | None = None, tz: str = "UTC",
-               filters: Filters = Filters(), time_range: TimeRange = RANGE, limit: int = BIG) -> StatsPlan:
+def stats_plan(
+    metric: str,
+    group_by: tuple = (),
+    interval: str | None = None,
+    tz: str = "UTC",
+    filters: Filters = Filters(),
+    time_range: TimeRange = RANGE,
+    limit: int = BIG,
+) -> StatsPlan:
     return StatsPlan(time_range, filters, metric, group_by, interval, tz, limit)
 
 
@@ -259,7 +305,12 @@ def assert_every_read(store, ref: ReferenceStore, what: str) -> None:
     """A battery of reads over both projects: rows, stats and sources equal the reference's."""
     for project, time_range in ((MAIN, RANGE), (OTHER, OTHER_RANGE)):
         assert_walk(store, ref, project, EVERYTHING, Filters(), limit=97, what=f"{what}: all")
-        for filters in (Filters(user_id="u1"), Filters(user_id="u3"), Filters(anonymous_id="a5"), Filters(event="signup")):
+        for filters in (
+            Filters(user_id="u1"),
+            Filters(user_id="u3"),
+            Filters(anonymous_id="a5"),
+            Filters(event="signup"),
+        ):
             assert_walk(store, ref, project, time_range, filters, limit=25, what=f"{what}: {filters}")
         for metric in METRICS:
             for group_by, interval in (((), None), (("source",), "day"), (("country", "event_name"), "week")):
@@ -276,14 +327,26 @@ def test_reference_answers_known_cases() -> None:
     """The reference's building blocks on hand-checked cases (it must be right before it judges)."""
     hosts = {r: referrer_host(r) for r in REFERRERS}
     assert hosts == {
-        None: None, "https://www.google.com/search?q=x": "www.google.com", "https://l.facebook.com/": "l.facebook.com",
-        "https://news.ycombinator.com/item?id=1": "news.ycombinator.com", "https://WWW.Google.COM/": "www.google.com",
-        "HTTPS://UPPER.EXAMPLE.ORG/Path": "upper.example.org", "https://example.com:8443/x": "example.com",
-        "http://user:secret@login.example.net:81/": "login.example.net", "https://a@b@c.example/": "b@c.example",
-        "www.no-scheme.example/page": None, "//protocol-relative.example/": None, "1http://digit-first.example/": None,
-        "https://": None, "": None, "android-app://com.google.android.gm/": "com.google.android.gm",
-        "https://[2001:DB8::1]:8080/x": "[2001:db8::1]", "https://host.example?x=1": "host.example",
-        "https://host.example#frag": "host.example", "https://[::1": "[", "mailto:someone@example.com": None,
+        None: None,
+        "https://www.google.com/search?q=x": "www.google.com",
+        "https://l.facebook.com/": "l.facebook.com",
+        "https://news.ycombinator.com/item?id=1": "news.ycombinator.com",
+        "https://WWW.Google.COM/": "www.google.com",
+        "HTTPS://UPPER.EXAMPLE.ORG/Path": "upper.example.org",
+        "https://example.com:8443/x": "example.com",
+        "http://user:secret@login.example.net:81/": "login.example.net",
+        "https://a@b@c.example/": "b@c.example",
+        "www.no-scheme.example/page": None,
+        "//protocol-relative.example/": None,
+        "1http://digit-first.example/": None,
+        "https://": None,
+        "": None,
+        "android-app://com.google.android.gm/": "com.google.android.gm",
+        "https://[2001:DB8::1]:8080/x": "[2001:db8::1]",
+        "https://host.example?x=1": "host.example",
+        "https://host.example#frag": "host.example",
+        "https://[::1": "[",
+        "mailto:someone@example.com": None,
     }
 
     def us(*args: int) -> int:
@@ -316,8 +379,10 @@ def test_reference_answers_known_cases() -> None:
     # Rows stored during a walk stay out of its later pages, whatever their time.
     plan = RowsPlan(EVERYTHING, Filters(), 4)
     page = ref.rows(MAIN, plan)
-    ref.append(extra_events(9, 20, MAIN_WINDOW) + [EventRow(MAIN, D(1970, 1, 1) + dt.timedelta(microseconds=full[5][0]),
-                                                            "tie")])
+    ref.append(
+        extra_events(9, 20, MAIN_WINDOW)
+        + [EventRow(MAIN, D(1970, 1, 1) + dt.timedelta(microseconds=full[5][0]), "tie")]
+    )
     walked = page.rows
     while page.next is not None:
         page = ref.rows(MAIN, plan._replace(after=page.next))
@@ -343,14 +408,28 @@ def test_the_data_set_is_varied() -> None:
 def test_rows_pages_filters_and_stitching(store) -> None:
     ref = loaded(store)
     assert_walk(store, ref, MAIN, RANGE, Filters())
-    derived = next(row_tuple(r)[ROW_FIELDS.index("session_id")] for _, r in ref.events
-                   if r.project_id == MAIN and r.session_id is None and RANGE.start <= r.timestamp < RANGE.end)
+    derived = next(
+        row_tuple(r)[ROW_FIELDS.index("session_id")]
+        for _, r in ref.events
+        if r.project_id == MAIN and r.session_id is None and RANGE.start <= r.timestamp < RANGE.end
+    )
     for filters in (
-        Filters(event="signup"), Filters(event=IDENTIFY_EVENT), Filters(source="google"), Filters(source=""),
-        Filters(medium="paid"), Filters(anonymous_id="a5"), Filters(country="DE"), Filters(country=""),
-        Filters(session_id="s3"), Filters(session_id=derived),
-        Filters(user_id="u1"), Filters(user_id="u2"), Filters(user_id="linked-only"), Filters(user_id="nobody"),
-        Filters(user_id="u1", event=PAGEVIEW_EVENT, country="US"), Filters(event="no such event"),
+        Filters(event="signup"),
+        Filters(event=IDENTIFY_EVENT),
+        Filters(source="google"),
+        Filters(source=""),
+        Filters(medium="paid"),
+        Filters(anonymous_id="a5"),
+        Filters(country="DE"),
+        Filters(country=""),
+        Filters(session_id="s3"),
+        Filters(session_id=derived),
+        Filters(user_id="u1"),
+        Filters(user_id="u2"),
+        Filters(user_id="linked-only"),
+        Filters(user_id="nobody"),
+        Filters(user_id="u1", event=PAGEVIEW_EVENT, country="US"),
+        Filters(event="no such event"),
     ):
         assert_walk(store, ref, MAIN, RANGE, filters)
     for filters in (Filters(), Filters(user_id="u3"), Filters(user_id="u1")):  # the other project's identifies
@@ -367,15 +446,16 @@ def test_rows_pages_are_stable_while_events_arrive(store) -> None:
     for time_range, filters in ((weeks, Filters()), (RANGE, Filters(medium="paid"))):
         plan = RowsPlan(time_range, filters, PAGE)
         before = ref.all_rows(MAIN, time_range, filters)  # the pages as they were when the walk began
-        want = [RowsPage(before[i:i + PAGE], None) for i in range(0, len(before), PAGE)]
+        want = [RowsPage(before[i : i + PAGE], None) for i in range(0, len(before), PAGE)]
         pages = [store.rows(MAIN, plan)]
         while pages[-1].next is not None:
             n = len(pages)
             if n in (1, 5, 20):
                 cursor = D(1970, 1, 1) + dt.timedelta(microseconds=want[n - 1].rows[-1][0])  # where page n ended
                 newer = extra_events(n, 5, (time_range.end - dt.timedelta(days=1), 1), medium="paid")
-                older = extra_events(100 + n, 20, (time_range.start, max(1, (cursor - time_range.start).days)),
-                                     medium="paid")
+                older = extra_events(
+                    100 + n, 20, (time_range.start, max(1, (cursor - time_range.start).days)), medium="paid"
+                )
                 tie = extra_events(200 + n, 2, (time_range.start, 1), medium="paid", timestamp=cursor)
                 append(store, ref, newer + older + tie)
             assert n < 10_000
@@ -393,12 +473,20 @@ def test_derived_session_ids_floor_the_half_hour(store) -> None:
     ref = ReferenceStore()
     boundary = D(2024, 10, 27, 1, 30)  # unix seconds divisible by 1800
     offsets_us = (-1_800_000_000, -501, -500, -499, -1, 0, 1, 499, 500, 1_799_999_999)
-    rows = [EventRow(project_id=MAIN, timestamp=boundary + dt.timedelta(microseconds=us), event_name=PAGEVIEW_EVENT,
-                     anonymous_id="edge-visitor") for us in offsets_us]
+    rows = [
+        EventRow(
+            project_id=MAIN,
+            timestamp=boundary + dt.timedelta(microseconds=us),
+            event_name=PAGEVIEW_EVENT,
+            anonymous_id="edge-visitor",
+        )
+        for us in offsets_us
+    ]
     append(store, ref, rows)
     want = ref.all_rows(MAIN, EVERYTHING, Filters())
-    assert [r[ROW_FIELDS.index("session_id")] for r in want][::-1] == [derived_session_id("edge-visitor", r.timestamp)
-                                                                      for r in rows]
+    assert [r[ROW_FIELDS.index("session_id")] for r in want][::-1] == [
+        derived_session_id("edge-visitor", r.timestamp) for r in rows
+    ]
     assert_walk(store, ref, MAIN, EVERYTHING, Filters(), limit=100, what="events around a half hour")
     for interval in (None, "hour"):
         assert_stats(store, ref, MAIN, stats_plan("sessions", (), interval, time_range=EVERYTHING))
@@ -422,21 +510,40 @@ def test_stats_in_time_zones_across_dst(store) -> None:
             for metric in ("count", "uniques", "sessions"):
                 for interval in INTERVALS:
                     for group_by in ((), ("country",)):
-                        assert_stats(store, ref, project, stats_plan(metric, group_by, interval, tz, time_range=time_range))
+                        assert_stats(
+                            store, ref, project, stats_plan(metric, group_by, interval, tz, time_range=time_range)
+                        )
     # A range starting and ending mid-day in local time.
-    assert_stats(store, ref, MAIN, stats_plan("count", (), "day", "Europe/Berlin",
-                                              time_range=TimeRange(D(2024, 10, 26, 21, 30), D(2024, 10, 28, 1, 15))))
+    assert_stats(
+        store,
+        ref,
+        MAIN,
+        stats_plan(
+            "count", (), "day", "Europe/Berlin", time_range=TimeRange(D(2024, 10, 26, 21, 30), D(2024, 10, 28, 1, 15))
+        ),
+    )
 
 
 def test_stats_filters_and_limits(store) -> None:
     ref = loaded(store)
-    derived = next(row_tuple(r)[ROW_FIELDS.index("session_id")] for _, r in ref.events
-                   if r.project_id == MAIN and r.session_id is None and RANGE.start <= r.timestamp < RANGE.end)
+    derived = next(
+        row_tuple(r)[ROW_FIELDS.index("session_id")]
+        for _, r in ref.events
+        if r.project_id == MAIN and r.session_id is None and RANGE.start <= r.timestamp < RANGE.end
+    )
     for filters in (
-        Filters(event="signup"), Filters(source="google"), Filters(medium="paid"), Filters(anonymous_id="a5"),
-        Filters(country="DE"), Filters(session_id="s3"), Filters(session_id=derived),
-        Filters(user_id="u1"), Filters(user_id="linked-only"), Filters(user_id="u1", source="", event=PAGEVIEW_EVENT),
-        Filters(event="no such event"), Filters(user_id="nobody"),
+        Filters(event="signup"),
+        Filters(source="google"),
+        Filters(medium="paid"),
+        Filters(anonymous_id="a5"),
+        Filters(country="DE"),
+        Filters(session_id="s3"),
+        Filters(session_id=derived),
+        Filters(user_id="u1"),
+        Filters(user_id="linked-only"),
+        Filters(user_id="u1", source="", event=PAGEVIEW_EVENT),
+        Filters(event="no such event"),
+        Filters(user_id="nobody"),
     ):
         for metric in METRICS:
             assert_stats(store, ref, MAIN, stats_plan(metric, filters=filters))
@@ -460,8 +567,13 @@ def test_sources(stores: Stores, store) -> None:
                 for label, time_range in SOURCE_RANGES.items():
                     assert_sources(store, ref, project, SourcesPlan(time_range, breakdown, BIG), f"{what}, {label}")
                 for limit in (1, 4):
-                    assert_sources(store, ref, project, SourcesPlan(SOURCE_RANGES["whole days (21)"], breakdown, limit),
-                                   f"{what}, limit {limit}")
+                    assert_sources(
+                        store,
+                        ref,
+                        project,
+                        SourcesPlan(SOURCE_RANGES["whole days (21)"], breakdown, limit),
+                        f"{what}, limit {limit}",
+                    )
                 assert_sources(store, ref, project, SourcesPlan(EVERYTHING, breakdown, BIG), f"{what}, everything")
 
     check("fresh")
@@ -469,7 +581,11 @@ def test_sources(stores: Stores, store) -> None:
     # are read besides it. Deletes touch both.
     store = stores.reopen(store)
     check("reopened")
-    append(store, ref, extra_events(1, 200, (D(2024, 10, 1), 21)) + extra_events(2, 30, (D(2024, 10, 1), 21), anonymous_id="a5"))
+    append(
+        store,
+        ref,
+        extra_events(1, 200, (D(2024, 10, 1), 21)) + extra_events(2, 30, (D(2024, 10, 1), 21), anonymous_id="a5"),
+    )
     check("reopened, then more events")
     for user in ("u1", "u4"):
         assert store.delete_user(MAIN, user) == ref.delete_user(MAIN, user), user
@@ -489,8 +605,12 @@ def test_delete_user_and_delete_before(stores: Stores, store) -> None:
         assert store.rows(MAIN, RowsPlan(EVERYTHING, Filters(user_id=user), 5)) == ([], None), user
     assert_every_read(store, ref, "after delete_user on a fresh store")
     # Events acknowledged just before the call are deleted too.
-    append(store, ref, extra_events(3, 40, (D(2024, 10, 10), 3), user_id="u7")
-           + extra_events(4, 3, (D(2024, 10, 10), 3), event_name=IDENTIFY_EVENT, anonymous_id="a240", user_id="u7"))
+    append(
+        store,
+        ref,
+        extra_events(3, 40, (D(2024, 10, 10), 3), user_id="u7")
+        + extra_events(4, 3, (D(2024, 10, 10), 3), event_name=IDENTIFY_EVENT, anonymous_id="a240", user_id="u7"),
+    )
     deleted = store.delete_user(MAIN, "u7")
     assert deleted == ref.delete_user(MAIN, "u7") and deleted > 43, deleted
     assert_every_read(store, ref, "after delete_user right after an append")
@@ -502,8 +622,9 @@ def test_delete_user_and_delete_before(stores: Stores, store) -> None:
     assert store.delete_user(OTHER, "u1") == ref.delete_user(OTHER, "u1")
     deleted = store.delete_before(MAIN, CUTOFF)
     assert deleted == ref.delete_before(MAIN, CUTOFF) and deleted > 100, deleted
-    assert store.rows(MAIN, RowsPlan(TimeRange(CUTOFF, CUTOFF + dt.timedelta(microseconds=1)), Filters(), 5)).rows, \
+    assert store.rows(MAIN, RowsPlan(TimeRange(CUTOFF, CUTOFF + dt.timedelta(microseconds=1)), Filters(), 5)).rows, (
         "the events exactly at the cutoff stay"
+    )
     assert store.delete_before(MAIN, CUTOFF) == 0
     assert ref.all_rows(OTHER, TimeRange(EVERYTHING.start, CUTOFF), Filters()), "the other project has older events"
     assert_every_read(store, ref, "after deletes on a reopened store")
@@ -519,11 +640,22 @@ def test_reads_survive_close_and_reopen(stores: Stores, store) -> None:
     ref = loaded(store)
 
     def answers(store) -> list:
-        out = [[p.rows for p in walk(store, project, RowsPlan(EVERYTHING, Filters(), 500))] for project in (MAIN, OTHER)]
-        out += [store.stats(MAIN, stats_plan(m, g, i)) for m in METRICS for g in ((), ("referrer_host",)) for i in (None, "day")]
+        out = [
+            [p.rows for p in walk(store, project, RowsPlan(EVERYTHING, Filters(), 500))] for project in (MAIN, OTHER)
+        ]
+        out += [
+            store.stats(MAIN, stats_plan(m, g, i))
+            for m in METRICS
+            for g in ((), ("referrer_host",))
+            for i in (None, "day")
+        ]
         out += [store.stats(MAIN, stats_plan("sessions", ("country",), "week", "Europe/Berlin"))]
-        out += [store.sources(p, SourcesPlan(r, b, BIG)) for p in (MAIN, OTHER) for r in SOURCE_RANGES.values()
-                for b in ("source_medium", "source")]
+        out += [
+            store.sources(p, SourcesPlan(r, b, BIG))
+            for p in (MAIN, OTHER)
+            for r in SOURCE_RANGES.values()
+            for b in ("source_medium", "source")
+        ]
         return out
 
     before = answers(store)

@@ -78,7 +78,9 @@ def test_a_second_store_on_the_same_file_waits_then_reports_the_lock(tmp_path):
 def test_closing_checkpoints_so_the_file_holds_every_row(tmp_path):
     path = tmp_path / "events.duckdb"
     store = DuckDBEventStore.start(path)
-    asyncio.run(store.append([EventRow("p1", dt.datetime(2026, 1, 1), "a"), EventRow("p1", dt.datetime(2026, 1, 2), "b")]))
+    asyncio.run(
+        store.append([EventRow("p1", dt.datetime(2026, 1, 1), "a"), EventRow("p1", dt.datetime(2026, 1, 2), "b")])
+    )
     store.close()
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT seq, event_name FROM events ORDER BY seq").fetchall() == [(1, "a"), (2, "b")]
@@ -105,8 +107,10 @@ def test_a_rollup_of_another_layout_is_rebuilt_from_the_events(tmp_path):
     path = tmp_path / "events.duckdb"
     plan = SourcesPlan(TimeRange(dt.datetime(2026, 1, 1), dt.datetime(2026, 2, 1)), "source", 50)
     store = EventDatabase(path)
-    _append(store, [EventRow("p1", dt.datetime(2026, 1, d), "a", anonymous_id=f"v{d % 3}", source="google")
-                    for d in range(1, 29)])
+    _append(
+        store,
+        [EventRow("p1", dt.datetime(2026, 1, d), "a", anonymous_id=f"v{d % 3}", source="google") for d in range(1, 29)],
+    )
     store.fold()
     answer = store.sources("p1", plan)
     assert answer == [SourceRow("google", None, 28, 3, 0)]

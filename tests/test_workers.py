@@ -35,7 +35,10 @@ def test_workers_share_one_store_and_stop_cleanly(server_factory, tmp_path):
     assert len(acked) == 400 * 5
     # Every worker reads what any worker acknowledged: one store behind them all.
     now = dt.datetime.now(dt.timezone.utc)
-    window = {"from": f"{now - dt.timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}", "to": f"{now + dt.timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}"}
+    window = {
+        "from": f"{now - dt.timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}",
+        "to": f"{now + dt.timedelta(days=1):%Y-%m-%dT%H:%M:%SZ}",
+    }
     for _ in range(4):  # each request on a new connection, which lands on either worker
         response = httpx.get(f"{server.url}/v1/stats", params={**window, "metric": "count"}, headers=bearer(keys.rk))
         assert response.status_code == 200, response.text
