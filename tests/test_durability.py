@@ -7,8 +7,11 @@ from pathlib import Path
 
 import duckdb
 import httpx
+import pytest
 
 from conftest import bearer, cli_project
+
+pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
 SENDER = Path(__file__).parent / "tools" / "sender.py"
 

@@ -17,6 +17,8 @@ from millimetric.store.interface import StoreError
 
 from conftest import bearer, create_project, stored_events
 
+pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
+
 FAST = dict(refresh_seconds=0.5, margin_seconds=0.2, poll_seconds=30.0, retry_base_seconds=0.4, retry_max_seconds=2.0)
 
 

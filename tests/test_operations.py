@@ -7,10 +7,13 @@ import threading
 
 import duckdb
 import httpx
+import pytest
 
 from millimetric.store.duckdb.database import EventDatabase
 
 from conftest import ServerProcess, bearer, cli_project, free_port
+
+pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
 STATS = {"from": "2024-01-01", "to": "2024-02-01", "group_by": "event_name,source", "metric": "uniques"}
 

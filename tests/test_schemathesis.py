@@ -42,6 +42,8 @@ from millimetric.api.protocol import MAX_HEAD_BYTES
 
 from conftest import ORIGIN, Keys, ServerProcess, bearer, cli_project
 
+pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -33,6 +33,8 @@ from millimetric.settings import Settings
 
 from store_reference import ReferenceStore, bucket_us, epoch_us, referrer_host, row_tuple
 
+pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
+
 # Each backend the contract holds, with the MILLIMETRIC_* environment that selects it. New backends
 # join this list (e.g. "clickhouse" with its MILLIMETRIC_CLICKHOUSE_URL).
 BACKENDS = {"duckdb": {}}

@@ -7,9 +7,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import bearer, cli_project
 from test_durability import outcomes, start_sender, stored_event_ids
+
+pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
 
 def worker_pids(supervisor: int) -> list[int]:
