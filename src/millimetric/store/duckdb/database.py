@@ -82,6 +82,7 @@ class EventDatabase:
             config={
                 "checkpoint_threshold": checkpoint_threshold,
                 "preserve_insertion_order": INSERTION_ORDER,
+                "enable_progress_bar": False,  # long migrations log a line instead
             },
         )
         try:
