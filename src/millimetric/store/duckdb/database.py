@@ -82,7 +82,6 @@ class EventDatabase:
             config={
                 "checkpoint_threshold": checkpoint_threshold,
                 "preserve_insertion_order": INSERTION_ORDER,
-                "enable_progress_bar": False,  # long migrations log a line instead
             },
         )
         try:
@@ -93,6 +92,7 @@ class EventDatabase:
 
     def _open(self) -> None:
         self._db.execute("SET TimeZone = 'UTC'")
+        self._db.execute("SET enable_progress_bar = false")  # long migrations log a line instead
         self.found_format = migrations.migrate(self._db, self.path)
         rollup.open_rollup(self._db)
         # Deleted events leave their seq behind in journal_state: a seq is never used twice.
