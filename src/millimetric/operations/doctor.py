@@ -69,7 +69,7 @@ def _pepper(settings: Settings) -> list[Finding]:
 def _network(settings: Settings) -> list[Finding]:
     for cidr in settings.trusted_proxies:
         ipaddress.ip_network(cidr, strict=False)
-    findings = [Finding("ok", "network", f"serving on {settings.host}:{settings.port}")]
+    findings = [Finding("ok", "network", f"configured to listen on {settings.host}:{settings.port}")]
     if settings.workers > 1 and settings.rate_limits and not settings.redis_url:
         findings.append(
             Finding(
