@@ -131,3 +131,11 @@ def test_origins_limits_and_bots_commands(tmp_path):
     project = control.get_project("shop")
     assert project.rate_limits == {"/v1/track": {"rate": 10.0, "burst": 20}, "/v1/batch": "off"}
     assert project.keep_bots is True
+
+
+def test_a_configured_pepper_and_a_new_data_directory(tmp_path):
+    data_dir = tmp_path / "not" / "yet" / "here"
+    env = {"MILLIMETRIC_PEPPER": "configured-pepper"}
+    created = json.loads(cli("projects", "create", "Fresh", "--json", data_dir=data_dir, env=env).stdout)
+    assert created["keys"]["sk"].startswith("sk_live_")
+    assert not (data_dir / "pepper").exists()  # the configured pepper is used, none generated
