@@ -13,6 +13,7 @@ STATUS: dict[str, int] = {
     "invalid_api_key": 401,
     "key_kind_mismatch": 401,
     "invalid_session": 401,
+    "invalid_credentials": 401,
     "origin_not_allowed": 403,
     "insufficient_scope": 403,
     "forget_requires_secret_key": 403,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 PEPPER_FILE = "pepper"
+JWT_SECRET_FILE = "jwt-secret"  # signs the server's own admin tokens when no JWT secret is configured
 EVENTS_FILE = "events.duckdb"  # the embedded event store, in the data directory
 CONTROL_FILE = "control.sqlite3"  # the embedded control plane
 
@@ -41,6 +42,8 @@ class Settings:
     key_cache_ttl: float = 60.0
     forget_tombstone_days: int = 30
     enrich: bool = True
+    jwt_secret: str | None = None  # HS256 admin tokens (Supabase's shared-secret model)
+    jwks_url: str | None = None  # RS256/ES256 admin tokens verified against this key set
     bench_routes: bool = False  # POST /bench/noop, a do-nothing route for bench/ingest.py's ceiling
 
     @classmethod
@@ -65,6 +68,8 @@ class Settings:
             "key_cache_ttl": float,
             "forget_tombstone_days": int,
             "enrich": lambda v: v.strip().lower() != "off",
+            "jwt_secret": str,
+            "jwks_url": str,
             "bench_routes": _env_bool,
         }
         values: dict[str, Any] = {}
@@ -90,19 +95,27 @@ class Settings:
 
     def resolved_pepper(self) -> str:
         """The key pepper: configured, or generated once and kept in the data directory."""
-        if self.pepper:
-            return self.pepper
+        return self.pepper or self._data_dir_secret(PEPPER_FILE)
+
+    def resolved_jwt_secret(self) -> str:
+        """The HS256 secret of admin tokens: configured, or generated once into the data directory
+        (then the server signs and accepts its own tokens)."""
+        return self.jwt_secret or self._data_dir_secret(JWT_SECRET_FILE)
+
+    def _data_dir_secret(self, name: str) -> str:
+        """A random secret kept in the data directory (mode 0600), created by the first process
+        that needs it; every other process reads that one."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        path = self.data_dir / PEPPER_FILE
+        path = self.data_dir / name
         try:
             return path.read_text().strip()
         except FileNotFoundError:
             pass
-        pepper = secrets.token_urlsafe(32)
+        secret = secrets.token_urlsafe(32)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:  # another process won the race
             return path.read_text().strip()
         with os.fdopen(fd, "w") as f:
-            f.write(pepper + "\n")
-        return pepper
+            f.write(secret + "\n")
+        return secret

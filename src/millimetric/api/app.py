@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import classify, docs, forget, health, ingest, read
+from millimetric.api import admin, classify, docs, forget, health, ingest, read
 from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
+from millimetric.auth.guard import CHANGES_POLL_SECONDS
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
@@ -43,6 +44,17 @@ ROUTES = [
     Route("/v1/stats", read.stats, methods=["GET"]),
     Route("/v1/sources", read.sources, methods=["GET"]),
     Route("/openapi.json", docs.openapi_json, methods=["GET"]),
+    Route("/admin/login", admin.login, methods=["POST"]),
+    Route("/admin/me", admin.me, methods=["GET"]),
+    Route("/admin/projects", admin.list_projects, methods=["GET"]),
+    Route("/admin/projects", admin.create_project, methods=["POST"]),
+    Route("/admin/projects/{id}", admin.get_project, methods=["GET"]),
+    Route("/admin/projects/{id}", admin.patch_project, methods=["PATCH"]),
+    Route("/admin/projects/{id}", admin.delete_project, methods=["DELETE"]),
+    Route("/admin/projects/{id}/keys", admin.list_keys, methods=["GET"]),
+    Route("/admin/projects/{id}/keys", admin.create_project_key, methods=["POST"]),
+    Route("/admin/accounts/{id}/keys", admin.create_account_key, methods=["POST"]),
+    Route("/admin/keys/{prefix}", admin.revoke_key, methods=["DELETE"]),
 ]
 
 
@@ -127,6 +139,9 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             ),
             # Services.open prepared today's and tomorrow's salts; keep them a day ahead.
             asyncio.create_task(_every(SALT_PREPARE_SECONDS, services.visits.prepare_salts, "prepare the daily salts")),
+            asyncio.create_task(
+                _every(CHANGES_POLL_SECONDS, services.keys.follow_changes, "follow changes", first_after=0)
+            ),
         ]
         if chores:
             background += [
@@ -149,6 +164,8 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             await asyncio.gather(*background, return_exceptions=True)
             if services.limiter is not None:
                 await services.limiter.close()
+            if services.login_limiter is not services.limiter:
+                await services.login_limiter.close()
             await services.writer.close()  # nothing accepted is dropped on shutdown
             try:
                 await services.record_counters()  # taken on the loop; `close` writes anything left

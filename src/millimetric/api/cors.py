@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CORS_PREFIXES = ("/v1/", "/mcp", "/admin/")
-ALLOW_METHODS = b"GET, POST, OPTIONS"
+ALLOW_METHODS = b"GET, POST, PATCH, DELETE, OPTIONS"
 ALLOW_HEADERS = b"Authorization, Content-Type"
 MAX_AGE = b"86400"
 

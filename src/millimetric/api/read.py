@@ -10,6 +10,7 @@ from starlette.responses import Response
 from millimetric.api.responses import json_response
 from millimetric.api.services import Services
 from millimetric.auth import scopes
+from millimetric.auth.access import looks_like_session, readable_project
 from millimetric.auth.guard import require_kind
 from millimetric.errors import ApiError
 from millimetric.query import execute, params
@@ -18,14 +19,24 @@ from millimetric.store.control import Project
 
 
 async def _reader(request: Request) -> tuple[Services, Project]:
-    """The project this read is about: the key's own (rk_, sk_), or `project_id` for ak_ keys.
+    """The project this read is about: the key's own (rk_, sk_), or `project_id` for ak_ keys
+    and for a user's session token (a project of one of the user's accounts).
 
     A project the key may not read answers 404, exactly like one that does not exist.
     """
     services: Services = request.app.state.services
-    principal = await services.keys.authenticate(request.headers.get("authorization"))
-    require_kind(principal, scopes.READ)
+    authorization = request.headers.get("authorization")
     requested = request.query_params.get("project_id")
+    if looks_like_session(authorization):  # a signed-in user (the dashboard): a project of theirs
+        claims = await services.sessions.verify(authorization)
+        if not requested:
+            raise params.invalid("project_id", "required with a user session")
+        found = await asyncio.to_thread(readable_project, services.control, claims, requested)
+        if found is None:
+            raise ApiError("not_found")
+        return services, found
+    principal = await services.keys.authenticate(authorization)
+    require_kind(principal, scopes.READ)
     if principal.project is not None:
         if requested is not None and requested not in (principal.project.id, principal.project.slug):
             raise ApiError("not_found")

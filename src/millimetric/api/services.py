@@ -9,7 +9,8 @@ from collections import Counter
 
 from millimetric.api.client import Network, parse_networks
 from millimetric.auth.guard import KeyResolver
-from millimetric.auth.ratelimit import RateLimiter, create_limiter
+from millimetric.auth.ratelimit import InProcessLimiter, RateLimiter, create_limiter
+from millimetric.auth.sessions import SessionVerifier
 from millimetric.ingest import pipeline
 from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
@@ -31,6 +32,8 @@ class Services:
     forget: ForgetRunner
     trusted_proxies: tuple[Network, ...]
     limiter: RateLimiter | None
+    sessions: SessionVerifier
+    login_limiter: RateLimiter  # sign-in attempts are limited even when rate limits are off
     dropped: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
 
     @property
@@ -45,6 +48,8 @@ class Services:
         control.migrate()
         events = open_event_store(settings, shared=shared_store, attach=attach)
         visits = VisitFactory(control)
+        limiter = create_limiter(settings.rate_limits, settings.redis_url, settings.redis_prefix)
+        login_limiter = limiter or create_limiter(True, settings.redis_url, settings.redis_prefix) or InProcessLimiter()
         return cls(
             settings=settings,
             control=control,
@@ -54,7 +59,9 @@ class Services:
             visits=visits,
             forget=ForgetRunner(control, events, visits, settings.forget_tombstone_days),
             trusted_proxies=parse_networks(settings.trusted_proxies),
-            limiter=create_limiter(settings.rate_limits, settings.redis_url, settings.redis_prefix),
+            limiter=limiter,
+            sessions=SessionVerifier(settings.resolved_jwt_secret(), settings.jwks_url),
+            login_limiter=login_limiter,
         )
 
     def count_dropped(self, project_id: str, reasons: Counter[str]) -> None:

@@ -16,6 +16,7 @@ CACHE_MAX_ENTRIES = 10_000
 UNKNOWN_MAX_ENTRIES = 10_000  # remembered unknown prefixes; the oldest go first
 UNKNOWN_TTL_SECONDS = 5.0  # a key created meanwhile works after at most this long
 MAX_CONCURRENT_LOOKUPS = 4  # thread-pool workers that key lookups may hold at once
+CHANGES_POLL_SECONDS = 1.0  # how often each process reads the control-plane change counter
 
 
 class Principal(NamedTuple):
@@ -26,7 +27,10 @@ class Principal(NamedTuple):
 class KeyResolver:
     """Caches verified keys per process for `ttl` seconds, so the hot path does no database I/O.
 
-    A revocation done elsewhere (the CLI, another process) takes effect within the TTL. Prefixes
+    Every change to keys or project settings bumps the control plane's change counter; each
+    process reads it every `CHANGES_POLL_SECONDS` (`follow_changes`) and drops its whole cache when
+    it moved, so a revocation done elsewhere (the CLI, the admin API in another process, another
+    node) takes effect within a second or two; the TTL bounds staleness should polling fail. Prefixes
     found in no key are remembered too, for `unknown_ttl` seconds (at most `UNKNOWN_MAX_ENTRIES`):
     a flood of the same made-up token costs one lookup, and a key created meanwhile works within
     seconds. Concurrent lookups of one prefix share one query, and at most
@@ -56,6 +60,7 @@ class KeyResolver:
         self._lookup_slots = asyncio.Semaphore(max_concurrent_lookups)
         self._generation = 0  # bumped by `invalidate`: a lookup begun before caches nothing
         self._last_used: dict[str, dt.datetime] = {}
+        self._seen_version: int | None = None
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization or not authorization[:7].lower() == "bearer ":
@@ -131,6 +136,14 @@ class KeyResolver:
         else:
             self._cache.pop(prefix, None)
             self._unknown.pop(prefix, None)
+
+    async def follow_changes(self) -> None:
+        """On the event loop: read the change counter (in a thread) and drop the cache if it moved."""
+        version = await asyncio.to_thread(self._control.version)
+        if version != self._seen_version:
+            if self._seen_version is not None:
+                self.invalidate()
+            self._seen_version = version
 
     # last use -----------------------------------------------------------------------------
     def take_last_used(self) -> dict[str, dt.datetime]:

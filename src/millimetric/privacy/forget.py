@@ -32,6 +32,7 @@ RETRY_BASE_SECONDS = 5.0
 RETRY_MAX_SECONDS = 600.0
 LAST_ERROR_CHARS = 200
 T = TypeVar("T")
+EVERYTHING_BEFORE = dt.datetime(9999, 1, 1)  # a cutoff later than any stored event (naive UTC)
 
 
 def backoff(failures: int, base: float, cap: float) -> float:
@@ -104,6 +105,10 @@ class ForgetRunner:
         self._wake.set()
         return job_id
 
+    def wake(self) -> None:
+        """A job was queued here by other means (a project deletion): look at the queue now."""
+        self._wake.set()
+
     def due_at(self, job: ForgetJob) -> dt.datetime:
         """When the job may run: once every process has its tombstone, and its retry time if any."""
         due = job.created_at + self._hold
@@ -150,13 +155,16 @@ class ForgetRunner:
     def _run_one(self, job: ForgetJob) -> dt.datetime | None:
         """Blocking: one attempt. Returns when to try again if it failed. Control-plane errors
         propagate (the job is retried from where it stands)."""
-        assert job.user_id is not None  # cleared only when done
         self._control.start_forget_attempt(job.id)
         attempt = job.attempts + 1
         try:
-            deleted = self._events.delete_user(job.project_id, job.user_id)
+            if job.kind == "project":  # a deleted project: every event it has
+                deleted = self._events.delete_before(job.project_id, EVERYTHING_BEFORE)
+            else:
+                assert job.user_id is not None  # cleared only when done
+                deleted = self._events.delete_user(job.project_id, job.user_id)
         except Exception as exc:
-            error = describe_error(exc, job.user_id)
+            error = describe_error(exc, job.user_id or "")
             retry_at = self._clock() + dt.timedelta(seconds=backoff(attempt, self._retry_base, self._retry_max))
             log.warning(
                 "forget job %s: attempt %d failed (%s); trying again at %s",

@@ -17,15 +17,20 @@ from millimetric.auth.keys import PROJECT_KEY_KINDS, mint_key
 from millimetric.store.schema import (
     accounts,
     api_keys,
+    control_version,
     dropped_events,
     forget_jobs,
+    memberships,
     projects,
     salts,
     tombstones,
+    users,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 LOCAL_ACCOUNT_NAME = "local"
+SLUG_ATTEMPTS = 20  # concurrent creations of one name each retry on the unique slug
+ROLES = ("owner", "member")
 
 
 class Project(NamedTuple):
@@ -42,6 +47,41 @@ class Project(NamedTuple):
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "slug": self.slug, "name": self.name, "allowed_origins": list(self.allowed_origins)}
 
+    def settings(self) -> dict[str, Any]:
+        """Everything the admin API shows of a project."""
+        return self.public() | {
+            "account_id": self.account_id,
+            "retention_days": self.retention_days,
+            "keep_bots": self.keep_bots,
+            "rate_limits": dict(self.rate_limits),
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+class User(NamedTuple):
+    id: str
+    email: str | None
+    password_hash: str | None
+    created_at: dt.datetime
+
+
+class Membership(NamedTuple):
+    account_id: str
+    name: str
+    role: str
+
+
+class ProjectChanges(NamedTuple):
+    """A PATCH of a project's settings: only the fields given (not None) change. In
+    `rate_limits`, a route mapped to None goes back to the default."""
+
+    name: str | None = None
+    allowed_origins: list[str] | None = None
+    retention_days: int | None = None
+    clear_retention: bool = False
+    keep_bots: bool | None = None
+    rate_limits: dict[str, Any] | None = None
+
 
 class ForgetJob(NamedTuple):
     id: str
@@ -54,6 +94,7 @@ class ForgetJob(NamedTuple):
     attempts: int = 0
     last_error: str | None = None  # of the latest failed attempt; never holds the user id
     next_attempt_at: dt.datetime | None = None  # when a failed job is tried again
+    kind: str = "user"  # "user": one user's events; "project": a deleted project's events
 
 
 class StoredKey(NamedTuple):
@@ -147,6 +188,7 @@ def _job(row: Any) -> ForgetJob:
         row.attempts,
         row.last_error,
         _aware_or_none(row.next_attempt_at),
+        row.kind,
     )
 
 
@@ -180,10 +222,25 @@ class ControlPlane:
         with self.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
+    # change counter -------------------------------------------------------------------------
+    def version(self) -> int:
+        """The control-plane change counter (polled by server processes to drop their caches)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(control_version.c.version).where(control_version.c.id == 1)).scalar_one())
+
+    @staticmethod
+    def _bump(conn: sa.Connection) -> None:
+        """First statement of a change's transaction: counts the change and takes the write lock
+        that serialises changes (see `schema.control_version`)."""
+        conn.execute(
+            control_version.update().where(control_version.c.id == 1).values(version=control_version.c.version + 1)
+        )
+
     # accounts -----------------------------------------------------------------------------
     def local_account_id(self) -> str:
         """The self-hoster's own account, created on first use."""
         with self.engine.begin() as conn:
+            self._bump(conn)  # serialises concurrent first uses: one local account
             found = conn.execute(
                 sa.select(accounts.c.id).where(accounts.c.name == LOCAL_ACCOUNT_NAME).order_by(accounts.c.created_at)
             ).first()
@@ -193,58 +250,187 @@ class ControlPlane:
             conn.execute(accounts.insert().values(id=account_id, name=LOCAL_ACCOUNT_NAME, created_at=utcnow()))
             return account_id
 
+    # users ----------------------------------------------------------------------------------
+    def create_user(self, email: str, password_hash: str | None, account_id: str | None = None) -> User:
+        """A local user, owner of `account_id` (default: the local account). Raises
+        `sa.exc.IntegrityError` when the email is taken."""
+        account_id = account_id or self.local_account_id()
+        user = User(str(uuid.uuid4()), email, password_hash, utcnow())
+        with self.engine.begin() as conn:
+            conn.execute(users.insert().values(user._asdict()))
+            conn.execute(
+                memberships.insert().values(
+                    user_id=user.id, account_id=account_id, role="owner", created_at=user.created_at
+                )
+            )
+        return user
+
+    def find_user_by_email(self, email: str) -> User | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.email == email)).first()
+        return User(row.id, row.email, row.password_hash, _aware(row.created_at)) if row else None
+
+    def user_for_subject(self, subject: str, email: str | None) -> User:
+        """The user a verified token's `sub` names; a new one gets a personal account it owns.
+        Concurrent first uses of one `sub` create it once."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.id == subject)).first()
+        if row is not None:
+            return User(row.id, row.email, row.password_hash, _aware(row.created_at))
+        now = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                self._bump(conn)
+                if email is not None and conn.execute(sa.select(users.c.id).where(users.c.email == email)).first():
+                    email = None  # the address belongs to another user here
+                account_id = str(uuid.uuid4())
+                conn.execute(users.insert().values(id=subject, email=email, password_hash=None, created_at=now))
+                conn.execute(accounts.insert().values(id=account_id, name=email or "personal", created_at=now))
+                conn.execute(
+                    memberships.insert().values(user_id=subject, account_id=account_id, role="owner", created_at=now)
+                )
+        except sa.exc.IntegrityError:  # another request created it first
+            pass
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(users).where(users.c.id == subject)).one()
+        return User(row.id, row.email, row.password_hash, _aware(row.created_at))
+
+    def memberships(self, user_id: str) -> list[Membership]:
+        query = (
+            sa.select(accounts.c.id, accounts.c.name, memberships.c.role)
+            .join(memberships, memberships.c.account_id == accounts.c.id)
+            .where(memberships.c.user_id == user_id)
+            .order_by(accounts.c.created_at)
+        )
+        with self.engine.connect() as conn:
+            return [Membership(r.id, r.name, r.role) for r in conn.execute(query)]
+
     # projects -----------------------------------------------------------------------------
     def create_project(
         self, name: str, allowed_origins: Iterable[str] = (), account_id: str | None = None, env: str = "live"
     ) -> tuple[Project, dict[str, str]]:
-        """A project and its three keys (pk, sk, rk); the tokens are returned once, never stored."""
-        account_id = account_id or self.local_account_id()
-        with self.engine.begin() as conn:
-            taken = {r.slug for r in conn.execute(sa.select(projects.c.slug))}
-            base = slug = slugify(name)
-            n = 2
-            while slug in taken:
-                slug, n = f"{base}-{n}", n + 1
-            project = Project(str(uuid.uuid4()), account_id, slug, name, list(allowed_origins), None, False, utcnow())
-            conn.execute(projects.insert().values(project._asdict()))
-            tokens = {kind: self._insert_key(conn, project, kind, env, None) for kind in PROJECT_KEY_KINDS}
-        return project, tokens
+        """A project and its three keys (pk, sk, rk); the tokens are returned once, never stored.
 
-    def list_projects(self) -> list[Project]:
+        The slug is the name's, suffixed `-2`, `-3`, ... when taken; the unique constraint decides
+        between concurrent creations, and the loser tries the next free slug."""
+        account_id = account_id or self.local_account_id()
+        base = slugify(name)
+        for _ in range(SLUG_ATTEMPTS):
+            try:
+                with self.engine.begin() as conn:
+                    self._bump(conn)  # SQLite: the write lock before the read (no stale snapshot)
+                    taken = {
+                        r.slug for r in conn.execute(sa.select(projects.c.slug).where(projects.c.slug.like(f"{base}%")))
+                    }
+                    slug, n = base, 2
+                    while slug in taken:
+                        slug, n = f"{base}-{n}", n + 1
+                    project = Project(
+                        str(uuid.uuid4()), account_id, slug, name, list(allowed_origins), None, False, utcnow()
+                    )
+                    conn.execute(projects.insert().values(project._asdict()))
+                    tokens = {kind: self._insert_key(conn, project, kind, env, None) for kind in PROJECT_KEY_KINDS}
+                return project, tokens
+            except sa.exc.IntegrityError:
+                continue  # a concurrent creation took the slug
+        raise RuntimeError(f"no free slug for {name!r} after {SLUG_ATTEMPTS} attempts")
+
+    def list_projects(self, account_ids: Iterable[str] | None = None) -> list[Project]:
+        """Live projects, of the given accounts only when `account_ids` is given."""
+        query = sa.select(projects).where(projects.c.deleted_at.is_(None))
+        if account_ids is not None:
+            query = query.where(projects.c.account_id.in_(list(account_ids)))
         with self.engine.connect() as conn:
-            return [_project(r) for r in conn.execute(sa.select(projects).order_by(projects.c.created_at))]
+            return [_project(r) for r in conn.execute(query.order_by(projects.c.created_at))]
 
     def get_project(self, id_or_slug: str) -> Project | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(projects).where(sa.or_(projects.c.id == id_or_slug, projects.c.slug == id_or_slug))
+                sa.select(projects).where(
+                    sa.or_(projects.c.id == id_or_slug, projects.c.slug == id_or_slug), projects.c.deleted_at.is_(None)
+                )
             ).first()
         return _project(row) if row else None
 
-    def set_allowed_origins(self, project_id: str, origins: list[str]) -> None:
+    def update_project(self, project_id: str, changes: ProjectChanges) -> Project | None:
+        """Apply `changes` in one transaction (rate limits merged into the stored ones, under the
+        change lock, so concurrent updates of different routes all land). None: no such project."""
         with self.engine.begin() as conn:
-            conn.execute(projects.update().where(projects.c.id == project_id).values(allowed_origins=origins))
+            self._bump(conn)
+            live = sa.and_(projects.c.id == project_id, projects.c.deleted_at.is_(None))
+            row = conn.execute(sa.select(projects).where(live)).first()
+            if row is None:
+                return None
+            values: dict[str, Any] = {}
+            if changes.name is not None:
+                values["name"] = changes.name
+            if changes.allowed_origins is not None:
+                values["allowed_origins"] = list(changes.allowed_origins)
+            if changes.retention_days is not None or changes.clear_retention:
+                values["retention_days"] = changes.retention_days
+            if changes.keep_bots is not None:
+                values["keep_bots"] = changes.keep_bots
+            if changes.rate_limits is not None:
+                limits = dict(row.rate_limits or {})
+                for route, limit in changes.rate_limits.items():
+                    if limit is None:
+                        limits.pop(route, None)
+                    else:
+                        limits[route] = limit
+                values["rate_limits"] = limits
+            if values:
+                conn.execute(projects.update().where(live).values(**values))
+            return _project(conn.execute(sa.select(projects).where(live)).one())
+
+    def edit_origins(self, project_id: str, add: list[str], remove: list[str]) -> Project | None:
+        """Add and remove allowed origins against the stored list, in one transaction."""
+        with self.engine.begin() as conn:
+            self._bump(conn)
+            live = sa.and_(projects.c.id == project_id, projects.c.deleted_at.is_(None))
+            row = conn.execute(sa.select(projects.c.allowed_origins).where(live)).first()
+            if row is None:
+                return None
+            current = [o for o in row.allowed_origins or [] if o not in remove]
+            current += [o for o in add if o not in current]
+            conn.execute(projects.update().where(live).values(allowed_origins=current))
+            return _project(conn.execute(sa.select(projects).where(live)).one())
+
+    def set_allowed_origins(self, project_id: str, origins: list[str]) -> None:
+        self.update_project(project_id, ProjectChanges(allowed_origins=origins))
 
     def set_rate_limit(self, project_id: str, route: str, limit: dict[str, float] | str | None) -> None:
         """Override one route's bucket (`{"rate", "burst"}`), switch it `"off"`, or reset it (None)."""
-        project = self.get_project(project_id)
-        if project is None:
+        if self.update_project(project_id, ProjectChanges(rate_limits={route: limit})) is None:
             raise KeyError(project_id)
-        limits = dict(project.rate_limits)
-        if limit is None:
-            limits.pop(route, None)
-        else:
-            limits[route] = limit
-        with self.engine.begin() as conn:
-            conn.execute(projects.update().where(projects.c.id == project_id).values(rate_limits=limits))
 
     def set_retention(self, project_id: str, days: int | None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(projects.update().where(projects.c.id == project_id).values(retention_days=days))
+        self.update_project(project_id, ProjectChanges(retention_days=days, clear_retention=days is None))
 
     def set_keep_bots(self, project_id: str, keep: bool) -> None:
+        self.update_project(project_id, ProjectChanges(keep_bots=keep))
+
+    def delete_project(self, project_id: str) -> str | None:
+        """Delete a project: its keys stop working, its slug is free again, and a queued job
+        deletes its events (returned: the job id; None: no such project). The row stays, marked
+        deleted, for the job to refer to."""
+        now = utcnow()
+        job_id = str(uuid.uuid4())
         with self.engine.begin() as conn:
-            conn.execute(projects.update().where(projects.c.id == project_id).values(keep_bots=keep))
+            self._bump(conn)
+            live = sa.and_(projects.c.id == project_id, projects.c.deleted_at.is_(None))
+            if conn.execute(projects.update().where(live).values(deleted_at=now, slug=project_id)).rowcount != 1:
+                return None
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.project_id == project_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            conn.execute(
+                forget_jobs.insert().values(
+                    id=job_id, project_id=project_id, user_id=None, status="queued", created_at=now, kind="project"
+                )
+            )
+        return job_id
 
     # keys ---------------------------------------------------------------------------------
     def _insert_key(self, conn: sa.Connection, project: Project, kind: str, env: str, name: str | None) -> str:
@@ -268,6 +454,24 @@ class ControlPlane:
         with self.engine.begin() as conn:
             return self._insert_key(conn, project, kind, env, name)
 
+    def create_account_key(self, account_id: str, env: str = "live", name: str | None = None) -> str:
+        """Mint an `ak` key of the account (it reads every project of the account)."""
+        minted = mint_key("ak", env, self.pepper)
+        with self.engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    prefix=minted.prefix,
+                    account_id=account_id,
+                    project_id=None,
+                    kind="ak",
+                    env=env,
+                    name=name,
+                    secret_hash=minted.secret_hash,
+                    created_at=utcnow(),
+                )
+            )
+        return minted.token
+
     def list_keys(self, project: Project) -> list[StoredKey]:
         query = sa.select(api_keys).where(
             sa.or_(
@@ -286,6 +490,7 @@ class ControlPlane:
     def revoke_key(self, prefix: str) -> bool:
         """True when a live key was revoked now."""
         with self.engine.begin() as conn:
+            self._bump(conn)
             result = conn.execute(
                 api_keys.update()
                 .where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
