@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import admin, classify, docs, forget, health, ingest, read
+from millimetric.api import admin, classify, dashboard, docs, forget, health, ingest, read
 from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
@@ -55,6 +55,8 @@ ROUTES = [
     Route("/admin/projects/{id}/keys", admin.create_project_key, methods=["POST"]),
     Route("/admin/accounts/{id}/keys", admin.create_account_key, methods=["POST"]),
     Route("/admin/keys/{prefix}", admin.revoke_key, methods=["DELETE"]),
+    Route("/", dashboard.index, methods=["GET"]),
+    Route("/assets/{name}", dashboard.asset, methods=["GET"]),
 ]
 
 
