@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from millimetric.store.control import ProjectChanges
+
 from conftest import bearer, cli_project, stored_events
 
 FUTURE = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=2)).isoformat()
@@ -89,7 +91,7 @@ def test_rule_errors_alone_name_every_event(client, keys):
 
 
 def test_the_project_retention_is_checked_next_to_type_errors(client, keys):
-    client.app.state.services.control.set_retention(keys.project_id, 30)
+    client.app.state.services.control.update_project(keys.project_id, ProjectChanges(retention_days=30))
     now = dt.datetime.now(dt.timezone.utc)
     events = [
         {"event": 1},

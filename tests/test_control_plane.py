@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from millimetric.auth.keys import parse_key, secret_matches
-from millimetric.store.control import ControlPlane
+from millimetric.store.control import ControlPlane, ProjectChanges
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -72,5 +72,5 @@ def test_revoke_and_last_used(control):
 
 def test_origins_update(control):
     project, _ = control.create_project("A", ["https://a.example"])
-    control.set_allowed_origins(project.id, ["https://b.example", "https://*.c.example"])
+    control.update_project(project.id, ProjectChanges(allowed_origins=["https://b.example", "https://*.c.example"]))
     assert control.get_project(project.id).allowed_origins == ["https://b.example", "https://*.c.example"]

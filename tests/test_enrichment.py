@@ -6,6 +6,7 @@ import subprocess
 import httpx
 
 from millimetric.ingest import pipeline
+from millimetric.store.control import ProjectChanges
 
 from conftest import bearer, cli, cli_project, stored_events
 
@@ -82,7 +83,7 @@ def test_bots_are_dropped_and_counted_unless_the_project_keeps_them(client, keys
     services = client.app.state.services
     services.flush_counters()
     assert services.control.dropped_counts(keys.project_id) == {"bot": 1}
-    services.control.set_keep_bots(keys.project_id, True)
+    services.control.update_project(keys.project_id, ProjectChanges(keep_bots=True))
     services.keys.invalidate()  # the setting travels with the cached key's project
     client.post("/v1/track", json={"event": "crawl"}, headers=headers)
     assert [r["device_type"] for r in stored_events(client)] == ["bot"]

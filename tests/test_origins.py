@@ -3,6 +3,7 @@
 import pytest
 
 from millimetric.auth.origins import origin_allowed
+from millimetric.store.control import ProjectChanges
 
 from conftest import bearer, create_project
 
@@ -55,7 +56,7 @@ def test_pk_over_http(client):
 def test_origin_changes_apply_without_restart(client):
     keys = create_project(client, "o", origins=("https://old.example.com",))
     services = client.app.state.services
-    services.control.set_allowed_origins(keys.project_id, ["https://new.example.com"])
+    services.control.update_project(keys.project_id, ProjectChanges(allowed_origins=["https://new.example.com"]))
     services.keys.invalidate()  # what the key-cache TTL does on its own within 60 s
     headers = bearer(keys.pk, Origin="https://new.example.com")
     assert client.post("/v1/track", json={"event": "x"}, headers=headers).status_code == 202

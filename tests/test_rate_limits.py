@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from millimetric.auth.ratelimit import InProcessLimiter, Limit, RedisLimiter, retry_after_seconds
+from millimetric.store.control import ProjectChanges
 
 from conftest import bearer, cli, cli_project, create_project
 
@@ -42,7 +43,9 @@ def test_retry_after_is_whole_seconds_at_least_one():
 
 def test_429_carries_retry_after_and_buckets_are_per_project_and_route(client, keys):
     services = client.app.state.services
-    services.control.set_rate_limit(keys.project_id, "/v1/track", {"rate": 0.5, "burst": 2})
+    services.control.update_project(
+        keys.project_id, ProjectChanges(rate_limits={"/v1/track": {"rate": 0.5, "burst": 2}})
+    )
     services.keys.invalidate()
     answers = [client.post("/v1/track", json={"event": "x"}, headers=bearer(keys.sk)) for _ in range(3)]
     assert [a.status_code for a in answers] == [202, 202, 429]
@@ -56,7 +59,7 @@ def test_429_carries_retry_after_and_buckets_are_per_project_and_route(client, k
 
 def test_a_route_can_be_switched_off_per_project(client, keys):
     services = client.app.state.services
-    services.control.set_rate_limit(keys.project_id, "/v1/batch", "off")
+    services.control.update_project(keys.project_id, ProjectChanges(rate_limits={"/v1/batch": "off"}))
     services.keys.invalidate()
     answers = [client.post("/v1/batch", json={"events": [{"event": "x"}]}, headers=bearer(keys.sk)) for _ in range(40)]
     assert {a.status_code for a in answers} == {202}

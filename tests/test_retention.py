@@ -3,7 +3,7 @@
 import datetime as dt
 
 from millimetric.privacy.retention import enforce_retention
-from millimetric.store.control import ControlPlane
+from millimetric.store.control import ControlPlane, ProjectChanges
 
 from conftest import bearer, cli, cli_project, stored_events
 
@@ -20,7 +20,7 @@ def test_sweep_deletes_only_expired_events_of_projects_with_retention(client, ke
     for token in (keys.sk, other.sk):
         assert client.post("/v1/batch", json={"events": events}, headers=bearer(token)).status_code == 202
     services = client.app.state.services
-    services.control.set_retention(keys.project_id, 30)
+    services.control.update_project(keys.project_id, ProjectChanges(retention_days=30))
     deleted = enforce_retention(services.control, services.events)
     assert deleted == {keys.slug: 1}
     assert [r["event_name"] for r in stored_events(client, "project_id = ?", (keys.project_id,))] == ["new"]

@@ -16,16 +16,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from millimetric.auth.keys import KINDS
-from millimetric.auth.origins import normalise_origin
+from millimetric.admin import keys as admin_keys
+from millimetric.admin import projects as admin_projects
+from millimetric.admin import users as admin_users
+from millimetric.errors import ApiError
 from millimetric.settings import Settings
-from millimetric.store.control import ControlPlane, Project
+from millimetric.store.control import ControlPlane, Project, ProjectChanges
 
 app = typer.Typer(help="Self-hosted, privacy-respecting analytics (Millimetric v1 API).", no_args_is_help=True)
 projects_app = typer.Typer(help="Create and list projects.", no_args_is_help=True)
 keys_app = typer.Typer(help="Mint, list and revoke API keys.", no_args_is_help=True)
+users_app = typer.Typer(help="Local users who sign in to the dashboard and the admin API.", no_args_is_help=True)
 app.add_typer(projects_app, name="projects")
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
 
 out = Console()
 err = Console(stderr=True)
@@ -56,6 +60,19 @@ def _project_or_exit(control: ControlPlane, ref: str) -> Project:
         err.print(f"[red]No project {ref!r}[/red] (see `millimetric projects list`).")
         raise typer.Exit(1)
     return project
+
+
+def _refused(error: ApiError) -> typer.Exit:
+    """The admin services' refusals, for a terminal: field errors exit 2, a missing thing 1."""
+    details = error.details or {}
+    for field, messages in details.get("fieldErrors", {}).items():
+        for message in messages:
+            err.print(f"{field}: {message}", style="red", markup=False, highlight=False)
+    for message in details.get("formErrors", []):
+        err.print(message, style="red", markup=False, highlight=False)
+    if error.code == "not_found":
+        err.print("Not found.", style="red")
+    return typer.Exit(2 if error.code == "invalid_payload" else 1)
 
 
 def _print_new_keys(project: Project, tokens: dict[str, str]) -> None:
@@ -114,6 +131,7 @@ def serve(
     _raise_open_file_limit()
     server.prepare_process(settings)
     control = _control(settings)
+    settings.resolved_jwt_secret()  # created once here, before worker processes read it
     if not control.list_projects():
         project, tokens = control.create_project(DEFAULT_PROJECT, [DEFAULT_ORIGIN])
         _print_new_keys(project, tokens)
@@ -134,7 +152,10 @@ def projects_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Create a project and print its three new keys (pk, sk, rk) once."""
-    project, tokens = _open(data_dir, database_url).create_project(name, origin or [])
+    try:
+        project, tokens = admin_projects.create(_open(data_dir, database_url), name, origin or [])
+    except ApiError as exc:
+        raise _refused(exc) from None
     if as_json:
         print(json.dumps({"project": project.public(), "keys": tokens}))
     else:
@@ -173,15 +194,10 @@ def projects_origins(
         if not origins:
             err.print(f"[red]`origins {action}` needs at least one origin[/red]")
             raise typer.Exit(2)
-        for origin in origins:
-            if normalise_origin(origin.replace("://*.", "://", 1)) is None:
-                err.print(f"[red]{origin!r} is not an origin (scheme://host[:port])[/red]")
-                raise typer.Exit(2)
-        if action == "add":
-            current += [o for o in origins if o not in current]
-        else:
-            current = [o for o in current if o not in origins]
-        control.set_allowed_origins(found.id, current)
+        try:
+            current = admin_projects.change_origins(control, found, action, origins)
+        except ApiError as exc:
+            raise _refused(exc) from None
     elif action != "list":
         err.print("[red]ACTION must be add, remove or list[/red]")
         raise typer.Exit(2)
@@ -204,19 +220,26 @@ def projects_limits(
     """Override PROJECT's rate limit for ROUTE (applies within the key-cache TTL)."""
     control = _open(data_dir, database_url)
     found = _project_or_exit(control, project)
+    limit: dict[str, float] | str | None
     if rate in ("off", "default"):
-        control.set_rate_limit(found.id, route, "off" if rate == "off" else None)
-        err.print(f"{route}: {'unlimited' if rate == 'off' else 'default limit'} for {found.slug}")
-        return
+        limit = "off" if rate == "off" else None
+    else:
+        try:
+            per_second = float(rate)
+        except ValueError:
+            per_second = -1.0
+        if per_second <= 0 or burst is None or burst < 1:
+            err.print("[red]give RATE > 0 and BURST >= 1, or `off`, or `default`[/red]")
+            raise typer.Exit(2)
+        limit = {"rate": per_second, "burst": burst}
     try:
-        per_second = float(rate)
-    except ValueError:
-        per_second = -1.0
-    if per_second <= 0 or burst is None or burst < 1:
-        err.print("[red]give RATE > 0 and BURST >= 1, or `off`, or `default`[/red]")
-        raise typer.Exit(2)
-    control.set_rate_limit(found.id, route, {"rate": per_second, "burst": burst})
-    err.print(f"{route}: {per_second:g}/s, burst {burst} for {found.slug}")
+        admin_projects.update(control, found, ProjectChanges(rate_limits={route: limit}))
+    except ApiError as exc:
+        raise _refused(exc) from None
+    if isinstance(limit, dict):
+        err.print(f"{route}: {limit['rate']:g}/s, burst {limit['burst']} for {found.slug}")
+    else:
+        err.print(f"{route}: {'unlimited' if rate == 'off' else 'default limit'} for {found.slug}")
 
 
 @projects_app.command("retention")
@@ -230,13 +253,16 @@ def projects_retention(
     control = _open(data_dir, database_url)
     found = _project_or_exit(control, project)
     if days == "off":
-        control.set_retention(found.id, None)
+        admin_projects.update(control, found, ProjectChanges(clear_retention=True))
         err.print(f"{found.slug}: events are kept forever")
         return
-    if not days.isdigit() or int(days) < 1:
+    if not days.isdigit():
         err.print("[red]DAYS must be a whole number >= 1, or `off`[/red]")
         raise typer.Exit(2)
-    control.set_retention(found.id, int(days))
+    try:
+        admin_projects.update(control, found, ProjectChanges(retention_days=int(days)))
+    except ApiError as exc:
+        raise _refused(exc) from None
     err.print(f"{found.slug}: events are kept {int(days)} days")
 
 
@@ -252,7 +278,7 @@ def projects_bots(
     """Keep or drop known crawlers, monitors and headless browsers for PROJECT."""
     control = _open(data_dir, database_url)
     found = _project_or_exit(control, project)
-    control.set_keep_bots(found.id, keep)
+    admin_projects.update(control, found, ProjectChanges(keep_bots=keep))
     err.print(f"{found.slug}: bots are {'kept' if keep else 'dropped (counted)'}")
 
 
@@ -267,19 +293,18 @@ def keys_create(
     database_url: DatabaseUrl = None,
 ) -> None:
     """Mint a key for PROJECT (slug or id) and print it once."""
-    if kind not in KINDS:
-        err.print(f"[red]--kind must be one of {', '.join(KINDS)}[/red]")
-        raise typer.Exit(2)
-    if env not in ("live", "test"):
-        err.print("[red]--env must be live or test[/red]")
-        raise typer.Exit(2)
+    try:
+        admin_keys.check_kind_env(kind, env)
+    except ApiError:
+        err.print("[red]--kind must be one of pk, sk, rk, ak; --env live or test[/red]")
+        raise typer.Exit(2) from None
     control = _open(data_dir, database_url)
-    token = control.create_key(_project_or_exit(control, project), kind, env, name)
+    created = admin_keys.mint_for_project(control, _project_or_exit(control, project), kind, env, name)
     if as_json:
-        print(json.dumps({"key": token, "kind": kind, "env": env, "prefix": token.split("_")[2]}))
+        print(json.dumps({f: created[f] for f in ("key", "kind", "env", "prefix")}))
     else:
         err.print("New key (shown once, store it now):")
-        out.print(token, soft_wrap=True, highlight=False)
+        out.print(created["key"], soft_wrap=True, highlight=False)
 
 
 @keys_app.command("list")
@@ -288,28 +313,51 @@ def keys_list(
 ) -> None:
     """List PROJECT's keys (never their secrets)."""
     control = _open(data_dir, database_url)
-    keys = control.list_keys(_project_or_exit(control, project))
-    fields = ("prefix", "kind", "env", "name", "created_at", "last_used_at", "revoked_at")
-
-    def show(value: object) -> str:
-        return value.isoformat() if hasattr(value, "isoformat") else ("" if value is None else str(value))
-
+    keys = [admin_keys.view(k) for k in control.list_keys(_project_or_exit(control, project))]
     if as_json:
-        print(json.dumps({"keys": [{f: show(getattr(k, f)) or None for f in fields} for k in keys]}))
+        print(json.dumps({"keys": keys}))
         return
-    table = Table(*fields)
+    table = Table(*admin_keys.KEY_FIELDS)
     for k in keys:
-        table.add_row(*(show(getattr(k, f)) or "-" for f in fields))
+        table.add_row(*("-" if k[f] is None else str(k[f]) for f in admin_keys.KEY_FIELDS))
     out.print(table)
 
 
 @keys_app.command("revoke")
 def keys_revoke(prefix: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
     """Revoke the key with PREFIX (running servers stop accepting it within the key-cache TTL)."""
-    if not _open(data_dir, database_url).revoke_key(prefix):
+    control = _open(data_dir, database_url)
+    key = control.find_key(prefix)
+    if key is None or key.revoked_at is not None:
         err.print(f"[red]No live key with prefix {prefix!r}[/red]")
         raise typer.Exit(1)
+    admin_keys.revoke(control, prefix)
     err.print(f"Revoked {prefix}.")
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+    ] = False,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a local user who owns this server's projects; the password is asked for (or read from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    try:
+        user = admin_users.create_user(_open(data_dir, database_url), email, password)
+    except ApiError as exc:
+        raise _refused(exc) from None
+    if as_json:
+        print(json.dumps({"user": {"id": user.id, "email": user.email}}))
+    else:
+        err.print(f"User {user.email} created (id {user.id}); sign in with POST /admin/login.", highlight=False)
 
 
 @app.command("import")

@@ -395,20 +395,6 @@ class ControlPlane:
             conn.execute(projects.update().where(live).values(allowed_origins=current))
             return _project(conn.execute(sa.select(projects).where(live)).one())
 
-    def set_allowed_origins(self, project_id: str, origins: list[str]) -> None:
-        self.update_project(project_id, ProjectChanges(allowed_origins=origins))
-
-    def set_rate_limit(self, project_id: str, route: str, limit: dict[str, float] | str | None) -> None:
-        """Override one route's bucket (`{"rate", "burst"}`), switch it `"off"`, or reset it (None)."""
-        if self.update_project(project_id, ProjectChanges(rate_limits={route: limit})) is None:
-            raise KeyError(project_id)
-
-    def set_retention(self, project_id: str, days: int | None) -> None:
-        self.update_project(project_id, ProjectChanges(retention_days=days, clear_retention=days is None))
-
-    def set_keep_bots(self, project_id: str, keep: bool) -> None:
-        self.update_project(project_id, ProjectChanges(keep_bots=keep))
-
     def delete_project(self, project_id: str) -> str | None:
         """Delete a project: its keys stop working, its slug is free again, and a queued job
         deletes its events (returned: the job id; None: no such project). The row stays, marked
