@@ -506,7 +506,7 @@ function renderOverview(view, where) {
         if (before) {
           const old = total(before);
           const change = old ? Math.round(((value - old) / old) * 100) : null;
-          delta.textContent = change === null ? `new (was 0)` : `${change >= 0 ? "▲" : "▼"} ${Math.abs(change)}% vs ${fmt(old)}`;
+          delta.textContent = change === null ? `new vs ${fmt(old)}` : `${change >= 0 ? "▲" : "▼"} ${Math.abs(change)}% vs ${fmt(old)}`;
           delta.className = `delta ${change === null || change >= 0 ? "up" : "down"}`;
         }
       }),
@@ -587,7 +587,7 @@ function table(headers, rows, column, where) {
       "tbody",
       {},
       rows.map((row) => {
-        const label = row.name === null || row.name === "" ? "(none)" : String(row.name);
+        const label = row.name === null || row.name === "" ? "(unknown)" : String(row.name);
         const bar = h("span", { class: "barfill" });
         bar.style.width = `${Math.max(1, Math.round(((row.values[0] || 0) / max) * 100))}%`;
         const canFilter = param && row.name !== null && row.name !== "" && where.filters[param] !== row.name;
@@ -941,9 +941,9 @@ function keysSection(project, generation) {
       guard(generation, (error) => failed(list, error)),
     );
   const kind = h("select", { id: "new-key-kind", name: "kind" }, [
-    h("option", { value: "rk" }, "rk: read only"),
-    h("option", { value: "pk" }, "pk: browser ingest"),
-    h("option", { value: "sk" }, "sk: server (ingest, read, forget)"),
+    h("option", { value: "rk" }, "rk (read only)"),
+    h("option", { value: "pk" }, "pk (browser ingest)"),
+    h("option", { value: "sk" }, "sk (server: ingest, read, forget)"),
   ]);
   const env = h("select", { id: "new-key-env", name: "env" }, [h("option", { value: "live" }, "live"), h("option", { value: "test" }, "test")]);
   const name = h("input", { id: "new-key-name", name: "name", maxlength: "100", placeholder: "e.g. Grafana" });
