@@ -12,6 +12,7 @@ import pytest
 from millimetric.store.duckdb.database import EventDatabase
 
 from conftest import ServerProcess, bearer, cli_project, free_port
+from sessions import mint_session
 
 pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
@@ -62,6 +63,10 @@ def test_a_backup_taken_while_the_server_ingests_serves_the_same_answers(server_
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["events"] >= 800 and summary["control_plane"] == "copied" and summary["pepper"] == "copied"
+    assert summary["jwt_secret"] == "copied"
+    assert (tmp_path / "copy" / "jwt-secret").stat().st_mode & 0o777 == 0o600
+    # A session the original server would accept is accepted by the restored one.
+    session = bearer(mint_session((data_dir / "jwt-secret").read_text().strip(), "restored-user"))
     expected = httpx.get(f"{server.url}/v1/stats", params=STATS, headers=bearer(keys.rk)).json()
     assert expected["rows"]
     server.stop()
@@ -69,6 +74,7 @@ def test_a_backup_taken_while_the_server_ingests_serves_the_same_answers(server_
     try:
         answer = httpx.get(f"{restored.url}/v1/stats", params=STATS, headers=bearer(keys.rk)).json()
         assert answer == expected
+        assert httpx.get(f"{restored.url}/admin/me", headers=session).status_code == 200
         live = httpx.get(
             f"{restored.url}/v1/stats", params={"from": "2024-03-01", "to": "2024-03-02"}, headers=bearer(keys.rk)
         ).json()

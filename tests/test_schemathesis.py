@@ -41,6 +41,7 @@ from millimetric.api.docs import openapi_document
 from millimetric.api.protocol import MAX_HEAD_BYTES
 
 from conftest import ORIGIN, Keys, ServerProcess, bearer, cli_project
+from sessions import mint_session
 
 pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
@@ -64,6 +65,7 @@ CONFIG = schemathesis.Config.from_dict(
 INGEST = {"/v1/track", "/v1/batch", "/v1/identify"}
 READ = {"/v1/query", "/v1/stats", "/v1/sources"}
 NO_INPUTS = {"/healthz", "/openapi.json", "/"}  # exactly one distinct request each
+ADMIN_NO_INPUTS = {"GET /admin/me", "GET /admin/projects"}  # likewise, with a session token
 DEFAULT_BUDGET = int(os.environ.get("MILLIMETRIC_FUZZ_EXAMPLES", "250"))
 PREFLIGHT_BUDGET = 30
 SEED_START = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2)
@@ -76,6 +78,29 @@ class Live(NamedTuple):
     job_id: str
     window: dict[str, str]
     session: requests.Session
+    admin: "Admin"
+
+
+class Admin(NamedTuple):
+    """A signed-in user's token, their account and a project of theirs (so that positive cases
+    reach the handlers, not only the 404 of a random id)."""
+
+    token: str
+    account_id: str
+    project_id: str
+
+
+def _admin(url: str, data_dir: Path) -> Admin:
+    token = mint_session((data_dir / "jwt-secret").read_text().strip(), "fuzzer", email="fuzzer@example.com")
+    with httpx.Client(base_url=url, timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
+        account_id = client.get("/admin/me").json()["accounts"][0]["id"]
+        created = client.post("/admin/projects", json={"name": "fuzzed", "allowed_origins": [ORIGIN]})
+        assert created.status_code == 201
+    return Admin(token, account_id, created.json()["project"]["id"])
+
+
+def _no_inputs(method: str, path: str) -> bool:
+    return path in NO_INPUTS or f"{method.upper()} {path}" in ADMIN_NO_INPUTS
 
 
 def _labels() -> list[str]:
@@ -118,16 +143,19 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         job_id, window = _seed(server.url, keys)
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=CONFIG)
         with requests.Session() as session:
-            yield Live(server, keys, schema, job_id, window, session)
+            yield Live(server, keys, schema, job_id, window, session, _admin(server.url, data_dir))
     finally:
         server.kill()
 
 
-def _credentials(path: str, method: str, keys: Keys) -> list[dict[str, str]]:
+def _credentials(path: str, method: str, keys: Keys, admin: Admin) -> list[dict[str, str]]:
     """Valid credentials for the route: secret or browser key (with its Origin) for ingest,
-    secret for forget, read key for reads, any project key for classify, none for the rest."""
-    if method == "OPTIONS" or path in NO_INPUTS:
+    secret for forget, read key for reads, any project key for classify, a user's session token
+    for the admin routes (but sign-in), none for the rest."""
+    if method == "OPTIONS" or path in NO_INPUTS or path == "/admin/login":
         return [{}]
+    if path.startswith("/admin/"):
+        return [{"Authorization": f"Bearer {admin.token}"}]
     if path in INGEST:
         return [{"Authorization": f"Bearer {keys.sk}"}, {"Authorization": f"Bearer {keys.pk}", "Origin": ORIGIN}]
     if path.startswith("/v1/forget"):
@@ -139,14 +167,25 @@ def _credentials(path: str, method: str, keys: Keys) -> list[dict[str, str]]:
 
 def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     """Positive and negative cases, plus positive ones pinned to the seeded data where a random
-    value would almost never find it (the time window, the one real job id)."""
-    if operation.path in NO_INPUTS:
+    value would almost never find it (the time window, the one real job id, the admin user's
+    project and account)."""
+    if _no_inputs(operation.method, operation.path):
         return operation.as_strategy()
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     if operation.path in READ:
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=dict(live.window)))
     if operation.path == "/v1/forget/{job_id}" and operation.method.upper() == "GET":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": live.job_id}))
+    # The user's own project and account; never for DELETE, which would leave later operations
+    # of the module nothing to find.
+    if operation.path.startswith("/admin/projects/{id}") and operation.method.upper() != "DELETE":
+        strategies.append(
+            operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.project_id})
+        )
+    if operation.path == "/admin/accounts/{id}/keys":
+        strategies.append(
+            operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.account_id})
+        )
     return st.one_of(strategies)
 
 
@@ -167,7 +206,7 @@ def _head_bytes(case: Any, base_url: str, headers: dict[str, str]) -> int:
 def test_operation_honours_the_document(live: Live, label: str) -> None:
     method, path = label.split(" ", 1)
     operation = live.schema[path][method]
-    budget = 1 if path in NO_INPUTS else PREFLIGHT_BUDGET if method == "OPTIONS" else DEFAULT_BUDGET
+    budget = 1 if _no_inputs(method, path) else PREFLIGHT_BUDGET if method == "OPTIONS" else DEFAULT_BUDGET
     statuses: Counter[int] = Counter()
     started = time.monotonic()
 
@@ -178,7 +217,7 @@ def test_operation_honours_the_document(live: Live, label: str) -> None:
         phases=[Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live.keys)))
+    @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live.keys, live.admin)))
     def run(case: Any, headers: dict[str, str]) -> None:
         assume(_head_bytes(case, live.server.url, headers) < MAX_HEAD_BYTES - 1024)
         response = case.call(base_url=live.server.url, session=live.session, headers=headers, timeout=30)
@@ -202,7 +241,7 @@ def test_operation_boundaries(live: Live, label: str) -> None:
         generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
         generation_config=live.schema.config.generation_for(operation=operation),
     )
-    credentials = _credentials(path, method, live.keys)
+    credentials = _credentials(path, method, live.keys, live.admin)
     count = 0
     for index, case in enumerate(cases):
         headers = credentials[index % len(credentials)]

@@ -465,7 +465,11 @@ def backup_command(
     if as_json:
         print(json.dumps(dataclasses.asdict(summary)))
     err.print(f"Backed up {summary.events:,} events to {summary.target}", highlight=False)
-    err.print(f"control plane: {summary.control_plane}; pepper: {summary.pepper}", highlight=False, soft_wrap=True)
+    err.print(
+        f"control plane: {summary.control_plane}; pepper: {summary.pepper}; JWT secret: {summary.jwt_secret}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if summary.quarantined_files:
         err.print(f"{summary.quarantined_files} quarantined journal files copied too", highlight=False)
     err.print(f"Restore: millimetric serve --data-dir {summary.target}", highlight=False)

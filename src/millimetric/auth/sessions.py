@@ -24,6 +24,8 @@ ISSUER = "millimetric"  # of the server's own tokens
 TOKEN_SECONDS = 3600
 ASYMMETRIC = ("RS256", "ES256")
 JWKS_CACHE_SECONDS = 300
+# An unknown `kid` fetches the key set again, at most this often (made-up kids cannot hammer it).
+JWKS_REFETCH_COOLDOWN_SECONDS = 5.0
 LEEWAY_SECONDS = 30  # clock skew between the token's issuer and this server
 _REQUIRED = ["exp", "sub", "aud"]
 
@@ -40,7 +42,15 @@ class SessionVerifier:
     def __init__(self, secret: str, jwks_url: str | None) -> None:
         self._secret = secret
         self._jwks = (
-            jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=JWKS_CACHE_SECONDS, timeout=5) if jwks_url else None
+            jwt.PyJWKClient(
+                jwks_url,
+                cache_keys=True,
+                lifespan=JWKS_CACHE_SECONDS,
+                timeout=5,
+                cooldown_duration=JWKS_REFETCH_COOLDOWN_SECONDS,
+            )
+            if jwks_url
+            else None
         )
 
     def issue(self, user_id: str, email: str | None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import sqlite3
 from pathlib import Path
 from typing import Callable
 
-from millimetric.settings import CONTROL_FILE, PEPPER_FILE, Settings
+from millimetric.settings import CONTROL_FILE, JWT_SECRET_FILE, PEPPER_FILE, Settings
 from millimetric.store.factory import open_event_store
 
 
@@ -24,10 +24,12 @@ class BackupSummary:
     control_plane: str  # "copied" or why not
     pepper: str  # "copied" or why not
     quarantined_files: int
+    jwt_secret: str  # "copied" or why not (signs the admin tokens the server issued)
 
 
 def backup(settings: Settings, target: Path, note: Callable[[str], None] = lambda _: None) -> BackupSummary:
-    """Copy the control plane, the pepper and every stored event into `target` (new or empty)."""
+    """Copy the control plane, the pepper, the JWT secret and every stored event into `target`
+    (new or empty)."""
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BackupError(f"{target} exists and is not an empty directory: choose a new one")
     if target.resolve() == settings.data_dir.resolve():
@@ -35,7 +37,8 @@ def backup(settings: Settings, target: Path, note: Callable[[str], None] = lambd
     target.mkdir(parents=True, exist_ok=True)
     note("copying the control plane")
     control = _copy_control_plane(settings, target)
-    pepper = _copy_pepper(settings, target)
+    pepper = _copy_secret(settings, target, PEPPER_FILE, settings.pepper, "MILLIMETRIC_PEPPER")
+    jwt_secret = _copy_secret(settings, target, JWT_SECRET_FILE, settings.jwt_secret, "MILLIMETRIC_JWT_SECRET")
     note("copying the events (a consistent snapshot; ingest goes on meanwhile)")
     store = open_event_store(settings, attach=True)
     try:
@@ -43,7 +46,7 @@ def backup(settings: Settings, target: Path, note: Callable[[str], None] = lambd
     finally:
         store.close()
     quarantined = _copy_quarantine(settings, target)
-    return BackupSummary(str(target), events, control, pepper, quarantined)
+    return BackupSummary(str(target), events, control, pepper, quarantined, jwt_secret)
 
 
 def _copy_control_plane(settings: Settings, target: Path) -> str:
@@ -58,13 +61,14 @@ def _copy_control_plane(settings: Settings, target: Path) -> str:
     return "copied"
 
 
-def _copy_pepper(settings: Settings, target: Path) -> str:
-    if settings.pepper:
-        return "not copied: it is configured (MILLIMETRIC_PEPPER); serve the copy with the same value"
-    source = settings.data_dir / PEPPER_FILE
+def _copy_secret(settings: Settings, target: Path, name: str, configured: str | None, variable: str) -> str:
+    """A secret the server generated into the data directory; the copy keeps its 0600 mode."""
+    if configured:
+        return f"not copied: it is configured ({variable}); serve the copy with the same value"
+    source = settings.data_dir / name
     if not source.exists():
         return "not copied: the data directory has none yet"
-    shutil.copy2(source, target / PEPPER_FILE)
+    shutil.copy2(source, target / name)
     return "copied"
 
 
