@@ -22,7 +22,9 @@ def test_the_page_links_versioned_assets_and_is_never_cached(client: TestClient)
     links = re.findall(r'(?:src|href)="(/assets/[^"]+)"', answer.text)
     assert sorted(link.split("?")[0] for link in links) == ["/assets/app.js", "/assets/style.css"]
     # No CDN at run time: every script, style and icon is this server's own (or inline).
-    assert all(link.startswith(("/assets/", "data:", "#")) for link in re.findall(r'(?:src|href)="([^"]+)"', answer.text))
+    assert all(
+        link.startswith(("/assets/", "data:", "#")) for link in re.findall(r'(?:src|href)="([^"]+)"', answer.text)
+    )
     for link in links:
         name, version = link.removeprefix("/assets/").split("?v=")
         assert version == assets()[name].etag

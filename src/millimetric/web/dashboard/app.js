@@ -17,6 +17,7 @@ const FILTER_OF = { source: "source", medium: "medium", country: "country", even
 const FILTER_LABEL = { source: "Source", medium: "Medium", country: "Country", event: "Event" };
 const PAGEVIEW = "$pageview";
 const LIVE_REFRESH_MS = 15000;
+const RULE_SAMPLE = 500; // raw rows read to name the classifier rule behind each source
 const ROUTES = ["/v1/track", "/v1/batch", "/v1/identify"];
 
 const state = {
@@ -606,7 +607,7 @@ function table(headers, rows, column, where) {
         return h(
           "tr",
           { class: canFilter ? "filterable" : null },
-          h("td", { class: "name", title: label }, bar, text, row.sub ? h("span", { class: "sub" }, row.sub) : null),
+          h("td", { class: "name", title: label }, bar, text, row.sub === undefined ? null : h("span", { class: "sub" }, row.sub)),
           row.values.map((v) => h("td", { class: "num" }, typeof v === "string" ? v : fmt(v))),
         );
       }),
@@ -643,7 +644,6 @@ async function loadPages(generation, where, p) {
 // from /v1/stats (visitors by source, and events by source and medium, paid = medium "paid").
 async function loadSources(generation, where, p) {
   const range = { from: iso(p.from), to: iso(p.to) };
-  const sample = read("/v1/query", { ...range, limit: 1000 }).catch(() => null);
   let rows;
   if (!Object.keys(where.filters).length) {
     const answer = await read("/v1/sources", { ...range, breakdown: "source", limit: 10 });
@@ -666,31 +666,37 @@ async function loadSources(generation, where, p) {
       paid: events.get(r.source) ? (paid.get(r.source) || 0) / events.get(r.source) : 0,
     }));
   }
-  const rules = new Map();
-  const latest = await sample;
-  for (const event of (latest && latest.rows) || []) {
-    const seen = rules.get(event.source) || new Map();
-    seen.set(event.source_rule_id, (seen.get(event.source_rule_id) || 0) + 1);
-    rules.set(event.source, seen);
-  }
-  const rule = (source) => {
-    const seen = rules.get(source);
-    if (!seen) return null;
-    const top = [...seen.entries()].sort((a, b) => b[1] - a[1])[0][0];
-    return `rule ${top}${seen.size > 1 ? ` +${seen.size - 1}` : ""}`;
-  };
   const content = h(
     "div",
     {},
     table(
       ["Source", "Visitors", "Events", "Paid"],
-      rows.map((r) => ({ name: r.name, sub: rule(r.name), values: [r.visitors, r.events, `${Math.round(r.paid * 100)}%`] })),
+      rows.map((r) => ({ name: r.name, sub: "", values: [r.visitors, r.events, `${Math.round(r.paid * 100)}%`] })),
       "source",
       where,
     ),
     rows.length
-      ? h("p", { class: "note" }, "Rule: the classifier rule that attributed most of the latest 1,000 events from that source.")
+      ? h("p", { class: "note" }, `Rule: the classifier rule that attributed most of the latest ${fmt(RULE_SAMPLE)} events from that source.`)
       : null,
+  );
+  // The rules come from a sample of raw rows, read once the figures are in; the table does not wait.
+  read("/v1/query", { ...range, limit: RULE_SAMPLE }).then(
+    guard(generation, (latest) => {
+      const rules = new Map();
+      for (const event of (latest && latest.rows) || []) {
+        const seen = rules.get(event.source) || new Map();
+        seen.set(event.source_rule_id, (seen.get(event.source_rule_id) || 0) + 1);
+        rules.set(event.source, seen);
+      }
+      rows.forEach((r, i) => {
+        const seen = rules.get(r.name);
+        const cell = content.querySelectorAll("tbody .sub")[i];
+        if (!seen || !cell) return;
+        const top = [...seen.entries()].sort((a, b) => b[1] - a[1])[0][0];
+        cell.textContent = `rule ${top}${seen.size > 1 ? ` +${seen.size - 1}` : ""}`;
+      });
+    }),
+    () => {}, // the table stands without its rules
   );
   return content;
 }
