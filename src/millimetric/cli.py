@@ -186,7 +186,7 @@ def projects_origins(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Manage the browser origins allowed for PROJECT's pk_ keys (servers pick changes up within the key-cache TTL)."""
+    """Manage the browser origins allowed for PROJECT's pk_ keys (running servers apply changes within seconds)."""
     control = _open(data_dir, database_url)
     found = _project_or_exit(control, project)
     current = list(found.allowed_origins)
@@ -217,7 +217,7 @@ def projects_limits(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Override PROJECT's rate limit for ROUTE (applies within the key-cache TTL)."""
+    """Override PROJECT's rate limit for ROUTE (running servers apply it within seconds)."""
     control = _open(data_dir, database_url)
     found = _project_or_exit(control, project)
     limit: dict[str, float] | str | None
@@ -325,7 +325,7 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(prefix: str, data_dir: DataDir = None, database_url: DatabaseUrl = None) -> None:
-    """Revoke the key with PREFIX (running servers stop accepting it within the key-cache TTL)."""
+    """Revoke the key with PREFIX (running servers refuse it within seconds)."""
     control = _open(data_dir, database_url)
     key = control.find_key(prefix)
     if key is None or key.revoked_at is not None:
