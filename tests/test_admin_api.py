@@ -244,7 +244,9 @@ def test_a_user_token_reads_its_own_projects_through_the_read_api(live: Live) ->
         assert httpx.post(f"{live.server.url}/v1/track", json=body, headers=sk).status_code == 202
         stats = client.get("/v1/stats", params=WINDOW | {"project_id": pid})
         assert stats.status_code == 200 and stats.json()["rows"][0]["value"] == 1
-        assert client.get("/v1/query", params=WINDOW | {"project_id": pid}).json()["rows"][0]["event_name"] == "$pageview"
+        assert (
+            client.get("/v1/query", params=WINDOW | {"project_id": pid}).json()["rows"][0]["event_name"] == "$pageview"
+        )
         assert client.get("/v1/sources", params=WINDOW | {"project_id": pid}).status_code == 200
         missing = client.get("/v1/stats", params=WINDOW)
         assert missing.status_code == 400 and missing.json()["details"]["param"] == "project_id"

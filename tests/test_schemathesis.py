@@ -179,13 +179,9 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     # The user's own project and account; never for DELETE, which would leave later operations
     # of the module nothing to find.
     if operation.path.startswith("/admin/projects/{id}") and operation.method.upper() != "DELETE":
-        strategies.append(
-            operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.project_id})
-        )
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.project_id}))
     if operation.path == "/admin/accounts/{id}/keys":
-        strategies.append(
-            operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.account_id})
-        )
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.account_id}))
     return st.one_of(strategies)
 
 
