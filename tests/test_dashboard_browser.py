@@ -309,6 +309,7 @@ def test_minting_and_revoking_a_key(site: Site, page: Page) -> None:
     page.once("dialog", lambda dialog: dialog.accept())
     row.get_by_role("button", name="Revoke").click()
     page.locator(f"tr[data-prefix='{prefix}']", has_text="revoked").wait_for()
+    page.locator("#new-key-secret").wait_for(state="detached")  # a revoked key is no longer shown
     assert poll(lambda: status() == 401)
 
 

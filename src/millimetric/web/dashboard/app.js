@@ -943,7 +943,13 @@ function keysSection(project, generation) {
   const status = statusLine();
   const load = () =>
     api(`/admin/projects/${project.id}/keys`).then(
-      guard(generation, (answer) => list.replaceChildren(keysTable(answer.keys || [], load, status))),
+      guard(generation, (answer) => {
+        list.replaceChildren(keysTable(answer.keys || [], load, status));
+        // A key shown once and revoked since is of no use: stop showing it.
+        const secret = $("#new-key-secret", shown);
+        const revoked = (answer.keys || []).some((k) => k.revoked_at && secret && secret.value.split("_")[2] === k.prefix);
+        if (revoked) shown.replaceChildren();
+      }),
       guard(generation, (error) => failed(list, error)),
     );
   const kind = h("select", { id: "new-key-kind", name: "kind" }, [
