@@ -286,6 +286,12 @@ def test_clicking_a_row_filters_the_page(site: Site, page: Page) -> None:
     page.click(".chip")
     wait_hash(page, "source=", present=False)
     wait_visitors(page, 10)
+    # A custom event: filtering by it lists its properties.
+    page.locator("[data-panel='Events'] .rowlink", has_text="signup").click()
+    wait_hash(page, "event=signup")
+    page.locator("[data-panel='Events'] .props li", has_text="plan = pro (1)").wait_for()
+    wait_for_numbers(page)
+    assert shown(page, "pageviews") == api_total(site, page, metric="count", event="signup") == 1
 
 
 def test_minting_and_revoking_a_key(site: Site, page: Page) -> None:
