@@ -121,6 +121,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 "/v1/batch", json={"events": _events(dt.datetime.now(dt.timezone.utc))}, headers=bearer(sk)
             )
             assert sent.status_code == 202, sent.text
+        if not Path(CHROMIUM).exists():
+            pytest.fail(f"the dashboard tests need Chromium at {CHROMIUM} (Debian: apt-get install -y chromium)")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
