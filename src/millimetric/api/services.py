@@ -9,6 +9,7 @@ from collections import Counter
 
 from millimetric.api.client import Network, parse_networks
 from millimetric.auth.guard import KeyResolver
+from millimetric.auth.passwords import dummy_hash
 from millimetric.auth.ratelimit import InProcessLimiter, RateLimiter, create_limiter
 from millimetric.auth.sessions import SessionVerifier
 from millimetric.ingest import pipeline
@@ -49,6 +50,7 @@ class Services:
         events = open_event_store(settings, shared=shared_store, attach=attach)
         visits = VisitFactory(control)
         limiter = create_limiter(settings.rate_limits, settings.redis_url, settings.redis_prefix)
+        dummy_hash()
         login_limiter = limiter or create_limiter(True, settings.redis_url, settings.redis_prefix) or InProcessLimiter()
         return cls(
             settings=settings,

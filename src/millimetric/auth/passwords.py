@@ -18,8 +18,9 @@ def hash_password(password: str) -> str:
 
 
 @cache
-def _dummy_hash() -> str:
-    """A hash nobody's password matches, checked for unknown emails so they cost the same time."""
+def dummy_hash() -> str:
+    """A hash nobody's password matches, checked for unknown emails so they cost the same time.
+    Made once per process; servers make it at start-up, so that no sign-in pays for making it."""
     return _hasher.hash("not a password of anyone: timing equaliser")
 
 
@@ -27,6 +28,6 @@ def password_matches(password: str, stored_hash: str | None) -> bool:
     """Blocking (tens of milliseconds, by design): run it in a thread. `stored_hash` None (no such
     user, or a user without a local password) still pays for one verification."""
     try:
-        return _hasher.verify(stored_hash or _dummy_hash(), password) and stored_hash is not None
+        return _hasher.verify(stored_hash or dummy_hash(), password) and stored_hash is not None
     except (VerificationError, InvalidHashError):
         return False
