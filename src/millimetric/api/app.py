@@ -42,6 +42,7 @@ ROUTES = [
     Route("/v1/query", read.query, methods=["GET"]),
     Route("/v1/stats", read.stats, methods=["GET"]),
     Route("/v1/sources", read.sources, methods=["GET"]),
+    Route("/v1/funnel", read.funnel, methods=["GET"]),
     Route("/openapi.json", docs.openapi_json, methods=["GET"]),
 ]
 
