@@ -23,6 +23,7 @@ from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
+from millimetric.mcp.server import McpHttp
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
@@ -111,6 +112,8 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
     """`shared_store` and `chores` are for worker processes (`millimetric.api.server`): the handle
     on the supervisor's event store, and whether this worker runs the retention and forget chores."""
 
+    mcp = McpHttp()  # one per app: its session manager runs once, in the lifespan below
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await asyncio.to_thread(Services.open, settings, shared_store)
@@ -142,7 +145,8 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
                 ),
             ]
         try:
-            yield
+            async with mcp.run():
+                yield
         finally:
             for task in background:
                 task.cancel()
@@ -159,7 +163,12 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 
     return Starlette(
-        routes=ROUTES + (BENCH_ROUTES if settings.bench_routes else []),
+        routes=ROUTES
+        + [
+            Route("/mcp", mcp.project_route, methods=["POST"]),
+            Route("/mcp/account", mcp.account_route, methods=["POST"]),
+        ]
+        + (BENCH_ROUTES if settings.bench_routes else []),
         middleware=[Middleware(RequestIdMiddleware), Middleware(CorsMiddleware)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, StoreError: _store_error},
         lifespan=lifespan,
