@@ -218,7 +218,11 @@ class ReferenceStore:
                 reached, at = 1, first
                 for step in plan.steps[1:]:
                     at = next(
-                        (i for i in range(at + 1, len(timeline)) if timeline[i][2] == step and timeline[i][0] - start <= window),
+                        (
+                            i
+                            for i in range(at + 1, len(timeline))
+                            if timeline[i][2] == step and timeline[i][0] - start <= window
+                        ),
                         -1,
                     )
                     if at < 0:

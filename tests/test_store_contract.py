@@ -648,7 +648,9 @@ def test_funnels(store) -> None:
                 answers.append(assert_funnel(store, ref, project, plan))
     # The cases say something: people enter, some convert, some drop off, and the window matters.
     assert any(a[0] > a[-1] > 0 for a in answers) and any(a[0] == 0 for a in answers)
-    wide, narrow = (ref.funnel(MAIN, FunnelPlan(RANGE, Filters(), FUNNEL_STEPS[0], w, "user")) for w in (30 * 86_400, 86_400))
+    wide, narrow = (
+        ref.funnel(MAIN, FunnelPlan(RANGE, Filters(), FUNNEL_STEPS[0], w, "user")) for w in (30 * 86_400, 86_400)
+    )
     assert wide[-1] > narrow[-1] > 0 and wide[0] == narrow[0]
 
 
