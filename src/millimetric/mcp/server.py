@@ -72,7 +72,7 @@ def _is_account(caller: Caller) -> bool:
 # ---- tool catalogue ----------------------------------------------------------------------------
 def _read_schema(tool: ReadTool, account: bool) -> dict[str, Any]:
     properties = {**tool.properties, **(tools.PROJECT_SELECTION if account else {})}
-    return tools.object_schema(properties)
+    return tools.object_schema(properties, tool.required)
 
 
 def _catalogue(account: bool) -> dict[str, types.Tool]:

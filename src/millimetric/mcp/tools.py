@@ -20,9 +20,10 @@ from millimetric.api.docs import openapi_document
 from millimetric.api.services import Services
 from millimetric.auth import ratelimit
 from millimetric.auth.guard import Principal
-from millimetric.events.queries import BREAKDOWNS, FILTERS, GROUP_BY, INTERVALS, METRICS, UTC
+from millimetric.events.queries import BREAKDOWNS, FILTERS, FUNNEL_BY, GROUP_BY, INTERVALS, METRICS, UTC
 from millimetric.ingest import schemas
 from millimetric.query import execute, params
+from millimetric.query import funnel as funnels
 from millimetric.query.cursor import CursorCodec
 from millimetric.store.control import Project
 
@@ -141,6 +142,10 @@ async def top_pages(services: Services, project: Project, query: Mapping[str, st
     return await get_stats(services, project, {"event": PAGEVIEW, **query, "group_by": "path"})
 
 
+async def funnel(services: Services, project: Project, query: Mapping[str, str]) -> Answer:
+    return await asyncio.to_thread(funnels.run_funnel, services.events, project.id, query, project.retention_days)
+
+
 ProjectRead = Callable[[Services, Project, Mapping[str, str]], Awaitable[Answer]]
 
 
@@ -150,6 +155,7 @@ class ReadTool(NamedTuple):
     properties: dict[str, Any]
     run: ProjectRead
     merge: Callable[[Mapping[str, str], list[tuple[Project, Answer]]], Answer]
+    required: tuple[str, ...] = ("from", "to")
 
 
 def _tagged(project: Project, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -169,6 +175,11 @@ def _merge_stats(query: Mapping[str, str], answers: list[tuple[Project, Answer]]
     rows.sort(key=lambda row: (row.get("bucket", ""), -row["value"]))
     limit = int(query.get("limit", params.STATS_LIMIT[2]))
     return {"metric": query.get("metric", "count"), "approximate": False, "rows": rows[:limit]}
+
+
+def _merge_funnels(query: Mapping[str, str], answers: list[tuple[Project, Answer]]) -> Answer:
+    rows = [{"project_id": project.id, "steps": answer["steps"]} for project, answer in answers]
+    return {"by": query.get("by", FUNNEL_BY[0]), "rows": rows}
 
 
 def _merge_sources(query: Mapping[str, str], answers: list[tuple[Project, Answer]]) -> Answer:
@@ -235,6 +246,44 @@ READ_TOOLS = [
         },
         top_pages,
         _merge_stats,
+    ),
+    ReadTool(
+        "funnel",
+        "Ordered conversion funnel (GET /v1/funnel): how many visitors (or users) did each step after "
+        "the previous one within `window` seconds of the first, with conversion and drop-off per step.",
+        {
+            **RANGE,
+            "steps": {
+                "description": f"{funnels.MIN_STEPS} to {funnels.MAX_STEPS} event names in order (a step may "
+                "repeat): a list, or a comma-separated string as in the REST API.",
+                "anyOf": [
+                    {
+                        "type": "array",
+                        "items": _string("An event name."),
+                        "minItems": funnels.MIN_STEPS,
+                        "maxItems": funnels.MAX_STEPS,
+                    },
+                    {"type": "string", "minLength": 1},
+                ],
+            },
+            "window": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": funnels.MAX_WINDOW_SECONDS,
+                "default": funnels.DEFAULT_WINDOW_SECONDS,
+                "description": "Seconds from the first step within which every later step must happen.",
+            },
+            "by": {
+                "type": "string",
+                "enum": list(FUNNEL_BY),
+                "default": FUNNEL_BY[0],
+                "description": "anonymous: per anonymous id; user: per user, stitched through identify.",
+            },
+            **FILTER_PROPERTIES,
+        },
+        funnel,
+        _merge_funnels,
+        ("from", "to", "steps"),
     ),
 ]
 
