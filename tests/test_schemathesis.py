@@ -62,7 +62,7 @@ CONFIG = schemathesis.Config.from_dict(
     }
 )
 INGEST = {"/v1/track", "/v1/batch", "/v1/identify"}
-READ = {"/v1/query", "/v1/stats", "/v1/sources"}
+READ = {"/v1/query", "/v1/stats", "/v1/sources", "/v1/funnel"}
 NO_INPUTS = {"/healthz", "/openapi.json"}  # exactly one distinct request each
 DEFAULT_BUDGET = int(os.environ.get("MILLIMETRIC_FUZZ_EXAMPLES", "250"))
 PREFLIGHT_BUDGET = 30
@@ -145,6 +145,9 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     if operation.path in READ:
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=dict(live.window)))
+    if operation.path == "/v1/funnel":  # steps the seeded events take, so counts are not all 0
+        funnel = {**live.window, "steps": "$pageview,$pageview"}
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=funnel))
     if operation.path == "/v1/forget/{job_id}" and operation.method.upper() == "GET":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": live.job_id}))
     return st.one_of(strategies)
