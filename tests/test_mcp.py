@@ -144,6 +144,40 @@ def test_http_refusals_before_mcp(live: Live) -> None:
         assert (answer.status_code, answer.json()["error"]) == (405, "method_not_allowed")
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "status", "code"),
+    [
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', "text/plain", 415, "unsupported_media_type"),
+        (b"nope", "application/json", 400, "invalid_payload"),
+        (b'[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]', "application/json", 400, "invalid_payload"),
+        (b'{"jsonrpc":"1.0","id":1,"method":"tools/list"}', "application/json", 400, "invalid_payload"),
+        (b'{"jsonrpc":"2.0","id":1.5,"method":"tools/list"}', "application/json", 400, "invalid_payload"),
+        (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","params":"x"}', "application/json", 400, "invalid_payload"),
+        (b'{"jsonrpc":"2.0","id":1}', "application/json", 400, "invalid_payload"),
+        (
+            b'{"jsonrpc":"2.0","id":1,"method":"' + b"x" * (1024 * 1024) + b'"}',
+            "application/json",
+            413,
+            "payload_too_large",
+        ),
+    ],
+)
+def test_bodies_that_are_not_one_json_rpc_message(
+    live: Live, body: bytes, content_type: str, status: int, code: str
+) -> None:
+    headers = {"Authorization": f"Bearer {live.shop.rk}", "Content-Type": content_type}
+    answer = httpx.post(f"{live.url}/mcp", content=body, headers=headers)
+    assert (answer.status_code, answer.json()["error"]) == (status, code)
+
+
+def test_notifications_are_accepted_without_a_body(live: Live) -> None:
+    headers = {"Authorization": f"Bearer {live.shop.rk}"}
+    answer = httpx.post(
+        f"{live.url}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+    )
+    assert (answer.status_code, answer.content) == (202, b"")
+
+
 def test_a_refused_key_fails_the_python_client(live: Live) -> None:
     async def connect() -> None:
         async with _client(live, live.shop.pk):

@@ -13,7 +13,7 @@ import asyncio
 import datetime as dt
 import logging
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping
+from typing import Annotated, Any, AsyncIterator, Literal, Mapping
 
 import jsonschema
 import msgspec
@@ -24,14 +24,16 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from millimetric import __version__
+from millimetric.api.body import read_body, require_json
 from millimetric.api.services import Services
 from millimetric.auth import scopes
 from millimetric.auth.guard import require_kind
 from millimetric.errors import ApiError
 from millimetric.events.queries import Filters, RowsPlan, StatsPlan, TimeRange
+from millimetric.ingest.schemas import decode_with, invalid_payload
 from millimetric.mcp import tools
 from millimetric.mcp.tools import Arguments, Caller, ReadTool
 from millimetric.query import execute
@@ -350,8 +352,49 @@ class McpHttp:
             yield
 
 
+class JsonRpcMessage(msgspec.Struct):
+    """One JSON-RPC 2.0 message, as far as it is checked before the SDK reads it (the SDK would
+    take, say, a fractional or null `id` for a notification and answer 202)."""
+
+    jsonrpc: Literal["2.0"]
+    id: str | int | msgspec.UnsetType = msgspec.UNSET
+    method: Annotated[str, msgspec.Meta(min_length=1)] | msgspec.UnsetType = msgspec.UNSET
+    params: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    result: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+    error: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+_message_decoder = msgspec.json.Decoder(JsonRpcMessage)
+
+
+def check_message(body: bytes) -> None:
+    """400 `invalid_payload` unless the body is one JSON-RPC request, notification or response."""
+    message = decode_with(_message_decoder, body)
+    is_call = message.method is not msgspec.UNSET
+    is_answer = message.id is not msgspec.UNSET and (message.result, message.error).count(msgspec.UNSET) == 1
+    if is_call == is_answer:
+        raise invalid_payload(
+            form_error="Not a JSON-RPC message: a request or notification has `method`; a response has "
+            "`id` and one of `result` or `error`"
+        )
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the SDK: the body already read, then whatever the client sends next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
 class _Endpoint:
-    """An ASGI app: authenticate, check the key kind, then hand the request to the SDK."""
+    """An ASGI app: authenticate, check the key kind and the message, then hand it to the SDK."""
 
     def __init__(self, http: McpHttp, kinds: frozenset[str], refusal: str) -> None:
         self.http = http
@@ -363,5 +406,8 @@ class _Endpoint:
         services: Services = request.app.state.services
         principal = await services.keys.authenticate(request.headers.get("authorization"))
         require_kind(principal, self.kinds, self.refusal)
+        require_json(request)
+        body = await read_body(request, MCP_BODY_LIMIT)
+        check_message(body)
         request.state.mcp_caller = Caller(services, principal, request)
-        await self.http.manager.handle_request(scope, receive, send)
+        await self.http.manager.handle_request(scope, _replay(body, receive), send)
