@@ -15,6 +15,7 @@ from typing import Any, Iterator, NamedTuple
 import httpx
 import httpx2
 import pytest
+import redis
 import sqlalchemy as sa
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
@@ -137,10 +138,10 @@ def test_http_refusals_before_mcp(live: Live) -> None:
         *(("/mcp/account", {"Authorization": f"Bearer {key}"}, 403, "account_key_required") for key in live.shop[2:]),
     ]
     for path, headers, status, code in cases:
-        answer = httpx.post(f"{live.url}{path}", json=message, headers={**accept, **headers})
+        answer = httpx.post(f"{live.url}{path}", json=message, headers={**accept, **headers}, timeout=30)
         assert (answer.status_code, answer.json()) == (status, {"error": code}), (path, headers)
     for path, token in (("/mcp", live.shop.rk), ("/mcp/account", live.ak)):
-        answer = httpx.get(f"{live.url}{path}", headers={**accept, "Authorization": f"Bearer {token}"})
+        answer = httpx.get(f"{live.url}{path}", headers={**accept, "Authorization": f"Bearer {token}"}, timeout=30)
         assert (answer.status_code, answer.json()["error"]) == (405, "method_not_allowed")
 
 
@@ -166,14 +167,14 @@ def test_bodies_that_are_not_one_json_rpc_message(
     live: Live, body: bytes, content_type: str, status: int, code: str
 ) -> None:
     headers = {"Authorization": f"Bearer {live.shop.rk}", "Content-Type": content_type}
-    answer = httpx.post(f"{live.url}/mcp", content=body, headers=headers)
+    answer = httpx.post(f"{live.url}/mcp", content=body, headers=headers, timeout=30)
     assert (answer.status_code, answer.json()["error"]) == (status, code)
 
 
 def test_notifications_are_accepted_without_a_body(live: Live) -> None:
     headers = {"Authorization": f"Bearer {live.shop.rk}"}
     answer = httpx.post(
-        f"{live.url}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers
+        f"{live.url}/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=headers, timeout=30
     )
     assert (answer.status_code, answer.content) == (202, b"")
 
@@ -448,3 +449,45 @@ def test_unknown_or_foreign_project_is_32004(live: Live) -> None:
     ):
         error = _run(_error(live, live.ak, "get_stats", {**WINDOW, **selection}, "/mcp/account"))
         assert error.code == -32004, selection
+
+
+# ---- several worker processes, and track_event's rate limit -------------------------------------
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def test_two_workers_and_the_track_rate_limit(server_factory: Any, tmp_path: Path) -> None:
+    """Each worker process runs its own session manager, answers MCP and stops cleanly; `track_event` takes its
+    token from the project's `/v1/track` bucket (shared by the workers through Redis), and an empty
+    bucket is JSON-RPC -32000 `rate_limited`."""
+    data_dir = tmp_path / "data"
+    keys = cli_project(data_dir, "limited")
+    cli("projects", "limits", "limited", "/v1/track", "0.001", "2", data_dir=data_dir)
+    prefix = f"mm-test-mcp-{uuid.uuid4().hex[:8]}:"
+    env = {
+        "MILLIMETRIC_WORKERS": "2",
+        "MILLIMETRIC_RATE_LIMITS": "on",
+        "MILLIMETRIC_REDIS_URL": REDIS_URL,
+        "MILLIMETRIC_REDIS_PREFIX": prefix,
+    }
+    server = server_factory(data_dir, env=env)
+    live = Live(server.url, keys, keys, "", "")
+
+    async def track(n: int) -> Any:
+        async with _client(live, keys.sk) as client:  # a new connection each time
+            try:
+                return (await client.call_tool("track_event", {"event": "x", "event_id": str(n)})).structured_content
+            except MCPError as error:
+                return error.code, error.data
+
+    try:
+        answers = [_run(track(n)) for n in range(3)]
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    assert answers[:2] == [{"ok": True, "event_id": "0"}, {"ok": True, "event_id": "1"}]
+    code, data = answers[2]
+    assert code == -32000 and data["error"] == "rate_limited" and data["retry_after_s"] >= 1
+    # The session managers stop with their workers.
+    assert server.stop() == 0
+    assert "Traceback" not in server.log_path.read_text()

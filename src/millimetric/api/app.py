@@ -23,7 +23,7 @@ from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
-from millimetric.mcp.server import McpHttp
+from millimetric.mcp.http import McpHttp
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
@@ -112,7 +112,7 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
     """`shared_store` and `chores` are for worker processes (`millimetric.api.server`): the handle
     on the supervisor's event store, and whether this worker runs the retention and forget chores."""
 
-    mcp = McpHttp()  # one per app: its session manager runs once, in the lifespan below
+    mcp = McpHttp()  # one per app (per worker process); closed by the lifespan below
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -145,9 +145,9 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
                 ),
             ]
         try:
-            async with mcp.run():
-                yield
+            yield
         finally:
+            await mcp.close()
             for task in background:
                 task.cancel()
             # Let chores caught mid-write (counters, a forget job, a sweep) end before the stores close.

@@ -1,10 +1,8 @@
-"""MCP over streamable HTTP (stateless, JSON responses) behind our own `/mcp` routes.
+"""The MCP server proper: the official SDK's low-level server with our tools and resources.
 
-Our authentication runs first and answers the HTTP-level refusals in our error envelope (401
-without a key, 403 `key_kind_not_allowed` / `account_key_required`); only then does the request
-reach the official SDK's session manager, with the caller on `request.state`, where the tool and
-resource handlers find it. Each worker process has its own stateless session manager, entered in
-the app's lifespan (`McpHttp.run`).
+Handlers find the caller on `request.state` (put there by `millimetric.mcp.http` after our key
+check), answer through `millimetric.mcp.tools`, and turn refusals into the JSON-RPC errors the
+SPEC names.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from contextlib import asynccontextmanager
-from typing import Annotated, Any, AsyncIterator, Literal, Mapping
+from typing import Any, Mapping
 
 import jsonschema
 import msgspec
@@ -24,17 +21,14 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.requests import Request
-from starlette.types import Message, Receive, Scope, Send
 
 from millimetric import __version__
-from millimetric.api.body import read_body, require_json
 from millimetric.api.services import Services
 from millimetric.auth import scopes
-from millimetric.auth.guard import require_kind
 from millimetric.errors import ApiError
 from millimetric.events.queries import Filters, RowsPlan, StatsPlan, TimeRange
-from millimetric.ingest.schemas import decode_with, invalid_payload
 from millimetric.mcp import tools
+from millimetric.mcp.http import ACCOUNT_KINDS, MCP_BODY_LIMIT
 from millimetric.mcp.tools import Arguments, Caller, ReadTool
 from millimetric.query import execute
 from millimetric.query.cursor import CursorCodec
@@ -48,9 +42,6 @@ INVALID_ARGUMENTS = -32602  # unknown tool or resource, or arguments that fail v
 TOOL_FAILED = -32000  # insufficient_scope, and refusals of the layer below (rate_limited, ...)
 UNKNOWN_PROJECT = -32004
 
-PROJECT_KINDS = frozenset({"rk", "sk"})
-ACCOUNT_KINDS = frozenset({"ak"})
-MCP_BODY_LIMIT = 1024 * 1024
 RECENT_EVENTS = 100
 SCHEMA_DAYS = 30
 # Events may be stamped up to an hour ahead (SPEC: ingest), so "recent" reaches that far.
@@ -329,85 +320,14 @@ def create_server() -> Server[Any]:
     )
 
 
-# ---- HTTP --------------------------------------------------------------------------------------
-class McpHttp:
-    """The two MCP routes of one app (one per worker process) and their session manager."""
-
-    def __init__(self) -> None:
-        self.manager = StreamableHTTPSessionManager(
-            create_server(),
-            json_response=True,
-            stateless=True,
-            # Host and Origin checks would refuse requests that came through a reverse proxy (421);
-            # every request is authorised by its key before it gets here.
-            security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-            max_request_body_size=MCP_BODY_LIMIT,
-        )
-        self.project_route = _Endpoint(self, PROJECT_KINDS, "key_kind_not_allowed")
-        self.account_route = _Endpoint(self, ACCOUNT_KINDS, "account_key_required")
-
-    @asynccontextmanager
-    async def run(self) -> AsyncIterator[None]:
-        async with self.manager.run():
-            yield
-
-
-class JsonRpcMessage(msgspec.Struct):
-    """One JSON-RPC 2.0 message, as far as it is checked before the SDK reads it (the SDK would
-    take, say, a fractional or null `id` for a notification and answer 202)."""
-
-    jsonrpc: Literal["2.0"]
-    id: str | int | msgspec.UnsetType = msgspec.UNSET
-    method: Annotated[str, msgspec.Meta(min_length=1)] | msgspec.UnsetType = msgspec.UNSET
-    params: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    result: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    error: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-
-
-_message_decoder = msgspec.json.Decoder(JsonRpcMessage)
-
-
-def check_message(body: bytes) -> None:
-    """400 `invalid_payload` unless the body is one JSON-RPC request, notification or response."""
-    message = decode_with(_message_decoder, body)
-    is_call = message.method is not msgspec.UNSET
-    is_answer = message.id is not msgspec.UNSET and (message.result, message.error).count(msgspec.UNSET) == 1
-    if is_call == is_answer:
-        raise invalid_payload(
-            form_error="Not a JSON-RPC message: a request or notification has `method`; a response has "
-            "`id` and one of `result` or `error`"
-        )
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """`receive` for the SDK: the body already read, then whatever the client sends next."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-class _Endpoint:
-    """An ASGI app: authenticate, check the key kind and the message, then hand it to the SDK."""
-
-    def __init__(self, http: McpHttp, kinds: frozenset[str], refusal: str) -> None:
-        self.http = http
-        self.kinds = kinds
-        self.refusal = refusal
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        services: Services = request.app.state.services
-        principal = await services.keys.authenticate(request.headers.get("authorization"))
-        require_kind(principal, self.kinds, self.refusal)
-        require_json(request)
-        body = await read_body(request, MCP_BODY_LIMIT)
-        check_message(body)
-        request.state.mcp_caller = Caller(services, principal, request)
-        await self.http.manager.handle_request(scope, _replay(body, receive), send)
+def create_manager() -> StreamableHTTPSessionManager:
+    """A stateless session manager answering with JSON; `run()` it once, for the app's lifetime."""
+    return StreamableHTTPSessionManager(
+        create_server(),
+        json_response=True,
+        stateless=True,
+        # Host and Origin checks would refuse requests that came through a reverse proxy (421);
+        # every request is authorised by its key before it gets here.
+        security_settings=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        max_request_body_size=MCP_BODY_LIMIT,
+    )
