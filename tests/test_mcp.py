@@ -456,9 +456,9 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def test_two_workers_and_the_track_rate_limit(server_factory: Any, tmp_path: Path) -> None:
-    """Each worker process runs its own session manager, answers MCP and stops cleanly; `track_event` takes its
-    token from the project's `/v1/track` bucket (shared by the workers through Redis), and an empty
-    bucket is JSON-RPC -32000 `rate_limited`."""
+    """Each worker process runs its own session manager, answers MCP and stops cleanly;
+    `track_event` takes its token from the project's `/v1/track` bucket (shared by the workers
+    through Redis), and an empty bucket is JSON-RPC -32000 `rate_limited`."""
     data_dir = tmp_path / "data"
     keys = cli_project(data_dir, "limited")
     cli("projects", "limits", "limited", "/v1/track", "0.001", "2", data_dir=data_dir)

@@ -86,7 +86,7 @@ def _catalogue(account: bool) -> dict[str, types.Tool]:
             input_schema=tools.object_schema(tools.COMPARE_PROPERTIES),
         )
     found["track_event"] = types.Tool(
-        name="track_event", description=tools.TRACK_EVENT_DESCRIPTION, input_schema=tools._track_event_schema()
+        name="track_event", description=tools.TRACK_EVENT_DESCRIPTION, input_schema=tools.track_event_schema()
     )
     return found
 

@@ -93,7 +93,7 @@ def object_schema(properties: dict[str, Any], required: tuple[str, ...] = ("from
     return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
 
 
-def _track_event_schema() -> dict[str, Any]:
+def track_event_schema() -> dict[str, Any]:
     """The OpenAPI document's `TrackEvent` with its one reference inlined (MCP clients expect a
     self-contained schema)."""
     components = openapi_document()["components"]["schemas"]
