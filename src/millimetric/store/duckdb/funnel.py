@@ -1,12 +1,18 @@
 """The funnel statement of the DuckDB event store: one parameterised statement per request.
 
 How it counts (exact; see `FunnelPlan` for the rules): only the range's events named in a step,
-after the filters, are read. Each actor's events are taken in (timestamp, seq) order. For step j,
-`s{j}` on an event is the start time of the latest-starting chain that reaches step j with that
-event: the latest `s{j-1}` on any earlier event, if the event is no more than the window after it.
-The latest start is the one to keep, since the window runs from the start. An actor reached step j
-when any of their events has an `s{j}`. Each step is one window pass over the step events, so a
-funnel of n steps costs n - 1 sorts of them (partitioned by actor) and no self-join.
+after the filters, are read. Each actor's events become one sorted list of numbers, each packing
+the event's time (since the range start), its seq (the tie-break: stored order) and a bit per step
+its name matches (a name may be several steps). One fold over the list keeps, per step j, `s{j}`:
+the start time of the latest-starting chain that has reached step j so far. An event of step j
+extends the chain of step j - 1 when it is no more than the window after that chain's start; the
+latest start is the one to keep, since the window runs from the start. All steps of one event read
+the state from before it, so one event never counts twice. An actor reached step j when `s{j}` is
+set at the end.
+
+Why lists and not window functions: a window function per step sorts the step events once per step
+(partitioned by actor); aggregating each actor's events into a list, sorting the short lists and
+folding them cost about half of two such passes on the 10M-event benchmark data.
 """
 
 from __future__ import annotations
@@ -32,33 +38,41 @@ _ACTORS_SQL = {
         ) AS identities USING (anonymous_id)""",
 }
 require_mapping("DuckDB", "funnel actors", _ACTORS_SQL, FUNNEL_BY)
-_EARLIER = "(PARTITION BY actor ORDER BY t, seq ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+# An event packed into one HUGEINT that sorts in (time, seq) order: microseconds since the range
+# start (0 to 2^63) times 2^64, plus seq times 2^10 (exact while seq < 2^53), plus the step bits.
+_TIME_UNIT = 2**64
+_STEP_BITS = 10  # MAX_STEPS
 
 
 def funnel_sql(with_clause: str, where: str, plan: FunnelPlan) -> str:
-    names = ", ".join(f"$name_{i}" for i in range(len(set(plan.steps))))
-    ctes = [
-        f"""picked AS (
-            SELECT anonymous_id, user_id, event_name, epoch_us("timestamp") AS t, seq FROM events
-            WHERE {where} AND event_name IN ({names})
-        )""",
-        f"actors AS ({_ACTORS_SQL[plan.by]})",
-        "level1 AS (SELECT actor, t, seq, event_name, CASE WHEN event_name = $step_1 THEN t END AS s1 FROM actors)",
-    ]
-    for j in range(2, len(plan.steps) + 1):
-        latest = f"max(s{j - 1}) OVER earlier"
-        ctes.append(
-            f"""level{j} AS (
-                SELECT *, CASE WHEN event_name = $step_{j} AND t - {latest} <= $window_us THEN {latest} END AS s{j}
-                FROM level{j - 1} WINDOW earlier AS {_EARLIER}
-            )"""
-        )
     n = len(plan.steps)
-    reached = ", ".join(f"max(s{j}) AS r{j}" for j in range(1, n + 1))
-    counts = ", ".join(f"count(r{j})" for j in range(1, n + 1))
+    if n > _STEP_BITS:
+        raise ValueError(f"a funnel of {n} steps: at most {_STEP_BITS}")
+    names = ", ".join(f"$name_{i}" for i in range(len(set(plan.steps))))
+    bits = " + ".join(f"(event_name = $step_{j})::INTEGER * {1 << (j - 1)}" for j in range(1, n + 1))
+    packed = f"t::HUGEINT * {_TIME_UNIT} + seq * {1 << _STEP_BITS} + {bits}"
+    at = f"(e // {_TIME_UNIT})::BIGINT"
+    fields = [f"s1 := CASE WHEN e & 1 != 0 THEN {at} ELSE acc.s1 END"]
+    for j in range(2, n + 1):
+        fields.append(
+            f"s{j} := CASE WHEN e & {1 << (j - 1)} != 0 AND {at} - acc.s{j - 1} <= $window_us "
+            f"THEN acc.s{j - 1} ELSE acc.s{j} END"
+        )
+    empty = ", ".join(f"s{j} := NULL::BIGINT" for j in range(1, n + 1))
+    counts = ", ".join(f"count(reached.s{j})" for j in range(1, n + 1))
     prefix = f"{with_clause}, " if with_clause else "WITH "
-    return f"""{prefix}{", ".join(ctes)}
-        SELECT {counts} FROM (SELECT {reached} FROM level{n} GROUP BY actor)"""
+    return f"""{prefix}picked AS (
+            SELECT anonymous_id, user_id, event_name, epoch_us("timestamp") - epoch_us($start) AS t, seq
+            FROM events WHERE {where} AND event_name IN ({names})
+        ), actors AS ({_ACTORS_SQL[plan.by]}
+        ), timelines AS (
+            SELECT list_sort(list({packed})) AS timeline FROM actors GROUP BY actor
+        )
+        SELECT {counts} FROM (
+            SELECT list_reduce(timeline, lambda acc, e: struct_pack({", ".join(fields)}), struct_pack({empty}))
+                AS reached
+            FROM timelines
+        )"""
 
 
 def select_funnel(cur: duckdb.DuckDBPyConnection, project_id: str, plan: FunnelPlan) -> FunnelCounts:
