@@ -8,7 +8,9 @@ the start time of the latest-starting chain that has reached step j so far. An e
 extends the chain of step j - 1 when it is no more than the window after that chain's start; the
 latest start is the one to keep, since the window runs from the start. All steps of one event read
 the state from before it, so one event never counts twice. An actor reached step j when `s{j}` is
-set at the end.
+set at the end. Only actors with events of both the first and the second step can get past the
+first, so only their lists are sorted and folded (most visitors of a typical funnel never do its
+second step).
 
 Why lists and not window functions: a window function per step sorts the step events once per step
 (partitioned by actor); aggregating each actor's events into a list, sorting the short lists and
@@ -59,19 +61,20 @@ def funnel_sql(with_clause: str, where: str, plan: FunnelPlan) -> str:
             f"THEN acc.s{j - 1} ELSE acc.s{j} END"
         )
     empty = ", ".join(f"s{j} := NULL::BIGINT" for j in range(1, n + 1))
-    counts = ", ".join(f"count(reached.s{j})" for j in range(1, n + 1))
+    counts = ", ".join(["count(*) FILTER (WHERE entered)"] + [f"count(reached.s{j})" for j in range(2, n + 1)])
+    fold = f"list_reduce(list_sort(timeline), lambda acc, e: struct_pack({', '.join(fields)}), struct_pack({empty}))"
     prefix = f"{with_clause}, " if with_clause else "WITH "
     return f"""{prefix}picked AS (
             SELECT anonymous_id, user_id, event_name, epoch_us("timestamp") - epoch_us($start) AS t, seq
             FROM events WHERE {where} AND event_name IN ({names})
         ), actors AS ({_ACTORS_SQL[plan.by]}
         ), timelines AS (
-            SELECT list_sort(list({packed})) AS timeline FROM actors GROUP BY actor
+            SELECT list({packed}) AS timeline, bool_or(event_name = $step_1) AS entered,
+                bool_or(event_name = $step_2) AS may_go_on
+            FROM actors GROUP BY actor
         )
         SELECT {counts} FROM (
-            SELECT list_reduce(timeline, lambda acc, e: struct_pack({", ".join(fields)}), struct_pack({empty}))
-                AS reached
-            FROM timelines
+            SELECT entered, CASE WHEN entered AND may_go_on THEN {fold} END AS reached FROM timelines
         )"""
 
 
