@@ -10,7 +10,8 @@ latest start is the one to keep, since the window runs from the start. All steps
 the state from before it, so one event never counts twice. An actor reached step j when `s{j}` is
 set at the end. Only actors with events of both the first and the second step can get past the
 first, so only their lists are sorted and folded (most visitors of a typical funnel never do its
-second step).
+second step), and an event of the first step only, right before another such event, is dropped
+before the fold: the later one is always the better start.
 
 Why lists and not window functions: a window function per step sorts the step events once per step
 (partitioned by actor); aggregating each actor's events into a list, sorting the short lists and
@@ -44,6 +45,7 @@ require_mapping("DuckDB", "funnel actors", _ACTORS_SQL, FUNNEL_BY)
 # start (0 to 2^63) times 2^64, plus seq times 2^10 (exact while seq < 2^53), plus the step bits.
 _TIME_UNIT = 2**64
 _STEP_BITS = 10  # MAX_STEPS
+_ALL_BITS = (1 << _STEP_BITS) - 1
 
 
 def funnel_sql(with_clause: str, where: str, plan: FunnelPlan) -> str:
@@ -62,7 +64,11 @@ def funnel_sql(with_clause: str, where: str, plan: FunnelPlan) -> str:
         )
     empty = ", ".join(f"s{j} := NULL::BIGINT" for j in range(1, n + 1))
     counts = ", ".join(["count(*) FILTER (WHERE entered)"] + [f"count(reached.s{j})" for j in range(2, n + 1)])
-    fold = f"list_reduce(list_sort(timeline), lambda acc, e: struct_pack({', '.join(fields)}), struct_pack({empty}))"
+    # A first-step-only event right before another is never the latest start a later step sees.
+    kept = (
+        f"list_filter(sorted, lambda e, i: e & {_ALL_BITS} != 1 OR i = len(sorted) OR sorted[i + 1] & {_ALL_BITS} != 1)"
+    )
+    fold = f"list_reduce({kept}, lambda acc, e: struct_pack({', '.join(fields)}), struct_pack({empty}))"
     prefix = f"{with_clause}, " if with_clause else "WITH "
     return f"""{prefix}picked AS (
             SELECT anonymous_id, user_id, event_name, epoch_us("timestamp") - epoch_us($start) AS t, seq
@@ -74,7 +80,9 @@ def funnel_sql(with_clause: str, where: str, plan: FunnelPlan) -> str:
             FROM actors GROUP BY actor
         )
         SELECT {counts} FROM (
-            SELECT entered, CASE WHEN entered AND may_go_on THEN {fold} END AS reached FROM timelines
+            SELECT entered, CASE WHEN sorted IS NOT NULL THEN {fold} END AS reached FROM (
+                SELECT entered, CASE WHEN entered AND may_go_on THEN list_sort(timeline) END AS sorted FROM timelines
+            )
         )"""
 
 
