@@ -13,9 +13,11 @@ first, so only their lists are sorted and folded (most visitors of a typical fun
 second step), and an event of the first step only, right before another such event, is dropped
 before the fold: the later one is always the better start.
 
-Why lists and not window functions: a window function per step sorts the step events once per step
-(partitioned by actor); aggregating each actor's events into a list, sorting the short lists and
-folding them cost about half of two such passes on the 10M-event benchmark data.
+Why lists and not window functions: a window function per step sorts all the step events once per
+step (partitioned by actor). Measured on a loaded 2-core VM: on synthetic data (430k step events,
+130k actors) the lists took 0.8-0.9 s against 1.9-3.3 s for two window passes; on the 10M-event
+benchmark data (508k step events, 101k visitors) both took 0.8-1.1 s, and dropping the repeated
+first-step events took the HTTP p95 of the 3-step funnel from 1.0-1.6 s to 1.0 s.
 """
 
 from __future__ import annotations
