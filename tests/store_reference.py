@@ -10,6 +10,10 @@
   anonymous_id that an `$identify` row (in any time range) linked to the user.
 - sources: events, distinct anonymous_ids and events with medium 'paid' per source (and medium),
   most events first, then source, medium.
+- funnel: per actor (anonymous_id, or with by=user each user the event belongs to under the user_id
+  filter's stitching), events in (timestamp, insertion order); from every event of the first step,
+  take the earliest later event of each next step no more than the window after that first event;
+  an actor reached step k when some start gets that far.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from millimetric.events.model import IDENTIFY_EVENT, EventRow, derived_session_i
 from millimetric.events.queries import (
     ROW_FIELDS,
     Filters,
+    FunnelPlan,
     RowsPage,
     RowsPlan,
     SourceRow,
@@ -188,6 +193,45 @@ class ReferenceStore:
         ]
         answer.sort(key=lambda s: (-s.events, s.source, s.medium or ""))
         return answer[: plan.limit]
+
+    def funnel(self, project_id: str, plan: FunnelPlan) -> list[int]:
+        links: dict[str, set[str]] = {}
+        for _, r in self.events:
+            if r.project_id == project_id and r.event_name == IDENTIFY_EVENT and r.user_id is not None:
+                links.setdefault(r.anonymous_id, set()).add(r.user_id)
+        timelines: dict[str, list[tuple[dt.datetime, int, str]]] = {}
+        for seq, row in self.selected(project_id, plan.range, plan.filters):
+            if plan.by == "anonymous":
+                actors = {row.anonymous_id}
+            else:
+                actors = links.get(row.anonymous_id, set()) | ({row.user_id} if row.user_id is not None else set())
+            for actor in actors:
+                timelines.setdefault(actor, []).append((row.timestamp, seq, row.event_name))
+        window = dt.timedelta(seconds=plan.window_seconds)
+        counts = [0] * len(plan.steps)
+        for timeline in timelines.values():
+            timeline.sort()
+            furthest = 0
+            for first, (start, _, name) in enumerate(timeline):
+                if name != plan.steps[0]:
+                    continue
+                reached, at = 1, first
+                for step in plan.steps[1:]:
+                    at = next(
+                        (
+                            i
+                            for i in range(at + 1, len(timeline))
+                            if timeline[i][2] == step and timeline[i][0] - start <= window
+                        ),
+                        -1,
+                    )
+                    if at < 0:
+                        break
+                    reached += 1
+                furthest = max(furthest, reached)
+            for k in range(furthest):
+                counts[k] += 1
+        return counts
 
     # Deletes ----------------------------------------------------------------------------------
     def _delete(self, gone) -> int:

@@ -20,7 +20,9 @@ def test_preflight(client, path):
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert "POST" in r.headers["access-control-allow-methods"]
-    assert r.headers["access-control-allow-headers"] == "Authorization, Content-Type"
+    assert r.headers["access-control-allow-headers"] == (
+        "Authorization, Content-Type, Mcp-Protocol-Version, Mcp-Session-Id"
+    )
     assert int(r.headers["access-control-max-age"]) > 0
     assert "access-control-allow-credentials" not in r.headers
     assert r.headers["x-request-id"]

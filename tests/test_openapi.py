@@ -119,9 +119,9 @@ def test_error_responses_use_catalogued_codes_at_their_status(document: dict[str
             for code in codes:
                 assert STATUS.get(code) == int(status), f"{method} {path}: {code} is not a {status}"
                 seen.add(code)
-    # Admin and MCP codes belong to routes this document does not cover yet; malformed_request is
-    # answered before routing (no operation can list it), so it is only a component.
-    unrouted = {"invalid_session", "key_kind_not_allowed", "account_key_required", "malformed_request"}
+    # Admin codes belong to routes this document does not cover yet; malformed_request is answered
+    # before routing (no operation can list it), so it is only a component.
+    unrouted = {"invalid_session", "malformed_request"}
     assert set(STATUS) - seen - unrouted == set(), "catalogued codes no documented route answers with"
     components = document["components"]["responses"]
     assert list(_error_codes(document, components["MalformedRequest"]["content"]["application/json"]["schema"])) == [

@@ -15,6 +15,7 @@ local run.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from collections import Counter
@@ -40,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 from millimetric.api.docs import openapi_document
 from millimetric.api.protocol import MAX_HEAD_BYTES
 
-from conftest import ORIGIN, Keys, ServerProcess, bearer, cli_project
+from conftest import ORIGIN, Keys, ServerProcess, bearer, cli, cli_project
 from sessions import mint_session
 
 pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
@@ -63,7 +64,9 @@ CONFIG = schemathesis.Config.from_dict(
     }
 )
 INGEST = {"/v1/track", "/v1/batch", "/v1/identify"}
-READ = {"/v1/query", "/v1/stats", "/v1/sources"}
+READ = {"/v1/query", "/v1/stats", "/v1/sources", "/v1/funnel"}
+MCP = {"/mcp"}
+MCP_ACCOUNT = {"/mcp/account"}
 NO_INPUTS = {"/healthz", "/openapi.json", "/"}  # exactly one distinct request each
 ADMIN_NO_INPUTS = {"GET /admin/me", "GET /admin/projects"}  # likewise, with a session token
 DEFAULT_BUDGET = int(os.environ.get("MILLIMETRIC_FUZZ_EXAMPLES", "250"))
@@ -74,6 +77,7 @@ SEED_START = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timede
 class Live(NamedTuple):
     server: ServerProcess
     keys: Keys
+    account_key: str
     schema: Any
     job_id: str
     window: dict[str, str]
@@ -138,30 +142,39 @@ def _seed(url: str, keys: Keys) -> tuple[str, dict[str, str]]:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     data_dir: Path = tmp_path_factory.mktemp("schemathesis") / "data"
     keys = cli_project(data_dir)
+    account_key = json.loads(cli("keys", "create", keys.slug, "--kind", "ak", "--json", data_dir=data_dir).stdout)[
+        "key"
+    ]
     server = ServerProcess(data_dir, env={"MILLIMETRIC_RATE_LIMITS": "off"}).start()
     try:
         job_id, window = _seed(server.url, keys)
         schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json", config=CONFIG)
         with requests.Session() as session:
-            yield Live(server, keys, schema, job_id, window, session, _admin(server.url, data_dir))
+            yield Live(server, keys, account_key, schema, job_id, window, session, _admin(server.url, data_dir))
     finally:
         server.kill()
 
 
-def _credentials(path: str, method: str, keys: Keys, admin: Admin) -> list[dict[str, str]]:
+def _credentials(path: str, method: str, live: Live) -> list[dict[str, str]]:
     """Valid credentials for the route: secret or browser key (with its Origin) for ingest,
-    secret for forget, read key for reads, any project key for classify, a user's session token
-    for the admin routes (but sign-in), none for the rest."""
+    secret for forget, read key for reads, read or secret key for MCP, the account key for
+    account MCP, any project key for classify, a user's session token for the admin routes (but
+    sign-in), none for the rest."""
+    keys = live.keys
     if method == "OPTIONS" or path in NO_INPUTS or path == "/admin/login":
         return [{}]
     if path.startswith("/admin/"):
-        return [{"Authorization": f"Bearer {admin.token}"}]
+        return [{"Authorization": f"Bearer {live.admin.token}"}]
     if path in INGEST:
         return [{"Authorization": f"Bearer {keys.sk}"}, {"Authorization": f"Bearer {keys.pk}", "Origin": ORIGIN}]
     if path.startswith("/v1/forget"):
         return [{"Authorization": f"Bearer {keys.sk}"}]
     if path in READ:
         return [{"Authorization": f"Bearer {keys.rk}"}]
+    if path in MCP:
+        return [{"Authorization": f"Bearer {keys.rk}"}, {"Authorization": f"Bearer {keys.sk}"}]
+    if path in MCP_ACCOUNT:
+        return [{"Authorization": f"Bearer {live.account_key}"}]
     return [{"Authorization": f"Bearer {key}"} for key in (keys.rk, keys.sk, keys.pk)]
 
 
@@ -174,6 +187,9 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     if operation.path in READ:
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=dict(live.window)))
+    if operation.path == "/v1/funnel":  # steps the seeded events take, so counts are not all 0
+        funnel = {**live.window, "steps": "$pageview,$pageview"}
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=funnel))
     if operation.path == "/v1/forget/{job_id}" and operation.method.upper() == "GET":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": live.job_id}))
     # The user's own project and account; never for DELETE, which would leave later operations
@@ -213,7 +229,7 @@ def test_operation_honours_the_document(live: Live, label: str) -> None:
         phases=[Phase.generate, Phase.shrink],
         suppress_health_check=list(HealthCheck),
     )
-    @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live.keys, live.admin)))
+    @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live)))
     def run(case: Any, headers: dict[str, str]) -> None:
         assume(_head_bytes(case, live.server.url, headers) < MAX_HEAD_BYTES - 1024)
         response = case.call(base_url=live.server.url, session=live.session, headers=headers, timeout=30)
@@ -237,7 +253,7 @@ def test_operation_boundaries(live: Live, label: str) -> None:
         generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
         generation_config=live.schema.config.generation_for(operation=operation),
     )
-    credentials = _credentials(path, method, live.keys, live.admin)
+    credentials = _credentials(path, method, live)
     count = 0
     for index, case in enumerate(cases):
         headers = credentials[index % len(credentials)]

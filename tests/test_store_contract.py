@@ -22,6 +22,7 @@ from millimetric.events.queries import (
     METRICS,
     ROW_FIELDS,
     Filters,
+    FunnelPlan,
     RowsPage,
     RowsPlan,
     SourceRow,
@@ -596,6 +597,61 @@ def test_sources(stores: Stores, store) -> None:
     check("after delete_before")
     store = stores.reopen(store)
     check("after the deletes, reopened")
+
+
+# Funnels -------------------------------------------------------------------------------------
+FUNNEL_STEPS = [
+    (PAGEVIEW_EVENT, "signup"),
+    (PAGEVIEW_EVENT, "click", "purchase"),
+    (PAGEVIEW_EVENT, PAGEVIEW_EVENT),  # a repeated step needs a second event
+    (PAGEVIEW_EVENT, PAGEVIEW_EVENT, PAGEVIEW_EVENT, "signup"),
+    ("signup", "purchase", "signup"),
+    ("click", "search", PAGEVIEW_EVENT, "purchase", "click"),
+    (IDENTIFY_EVENT, PAGEVIEW_EVENT),
+    ("no such event", PAGEVIEW_EVENT),
+    (PAGEVIEW_EVENT, "click") * 5,  # ten steps
+]
+FUNNEL_WINDOWS = (1, 3600, 86_400, 7 * 86_400, 366 * 86_400)
+
+
+def assert_funnel(store, ref: ReferenceStore, project: str, plan: FunnelPlan) -> list[int]:
+    got, want = store.funnel(project, plan), ref.funnel(project, plan)
+    assert got == want, f"funnel of {project} {plan}: got {got}, the reference {want}"
+    return got
+
+
+def test_funnels(store) -> None:
+    ref = loaded(store)
+    answers = []
+    for steps in FUNNEL_STEPS:
+        for window in FUNNEL_WINDOWS:
+            for by in ("anonymous", "user"):
+                answers.append(assert_funnel(store, ref, MAIN, FunnelPlan(RANGE, Filters(), steps, window, by)))
+    for filters in (
+        Filters(source="google"),
+        Filters(user_id="u1"),
+        Filters(user_id="linked-only"),
+        Filters(country="DE", medium="paid"),
+        Filters(event=PAGEVIEW_EVENT),
+        Filters(anonymous_id="a5"),
+        Filters(session_id="s3"),
+    ):
+        for steps in FUNNEL_STEPS[:5]:
+            for by in ("anonymous", "user"):
+                plan = FunnelPlan(RANGE, filters, steps, 7 * 86_400, by)
+                answers.append(assert_funnel(store, ref, MAIN, plan))
+    short = TimeRange(D(2024, 10, 5, 13, 17, 1, 500), D(2024, 10, 12, 8))
+    for project, time_range in ((MAIN, EVERYTHING), (MAIN, short), (OTHER, OTHER_RANGE), (OTHER, EVERYTHING)):
+        for steps in FUNNEL_STEPS[:4]:
+            for by in ("anonymous", "user"):
+                plan = FunnelPlan(time_range, Filters(), steps, 30 * 86_400, by)
+                answers.append(assert_funnel(store, ref, project, plan))
+    # The cases say something: people enter, some convert, some drop off, and the window matters.
+    assert any(a[0] > a[-1] > 0 for a in answers) and any(a[0] == 0 for a in answers)
+    wide, narrow = (
+        ref.funnel(MAIN, FunnelPlan(RANGE, Filters(), FUNNEL_STEPS[0], w, "user")) for w in (30 * 86_400, 86_400)
+    )
+    assert wide[-1] > narrow[-1] > 0 and wide[0] == narrow[0]
 
 
 # Deletes -------------------------------------------------------------------------------------

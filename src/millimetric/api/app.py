@@ -24,6 +24,7 @@ from millimetric.api.services import Services
 from millimetric.auth.guard import CHANGES_POLL_SECONDS
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
+from millimetric.mcp.http import McpHttp
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
@@ -43,6 +44,7 @@ ROUTES = [
     Route("/v1/query", read.query, methods=["GET"]),
     Route("/v1/stats", read.stats, methods=["GET"]),
     Route("/v1/sources", read.sources, methods=["GET"]),
+    Route("/v1/funnel", read.funnel, methods=["GET"]),
     Route("/openapi.json", docs.openapi_json, methods=["GET"]),
     Route("/admin/login", admin.login, methods=["POST"]),
     Route("/admin/me", admin.me, methods=["GET"]),
@@ -124,6 +126,8 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
     """`shared_store` and `chores` are for worker processes (`millimetric.api.server`): the handle
     on the supervisor's event store, and whether this worker runs the retention and forget chores."""
 
+    mcp = McpHttp()  # one per app (per worker process); closed by the lifespan below
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await asyncio.to_thread(Services.open, settings, shared_store)
@@ -160,6 +164,7 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
         try:
             yield
         finally:
+            await mcp.close()
             for task in background:
                 task.cancel()
             # Let chores caught mid-write (counters, a forget job, a sweep) end before the stores close.
@@ -177,7 +182,12 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 
     return Starlette(
-        routes=ROUTES + (BENCH_ROUTES if settings.bench_routes else []),
+        routes=ROUTES
+        + [
+            Route("/mcp", mcp.project_route, methods=["POST"]),
+            Route("/mcp/account", mcp.account_route, methods=["POST"]),
+        ]
+        + (BENCH_ROUTES if settings.bench_routes else []),
         middleware=[Middleware(RequestIdMiddleware), Middleware(CorsMiddleware)],
         exception_handlers={ApiError: _api_error, HTTPException: _http_error, StoreError: _store_error},
         lifespan=lifespan,

@@ -7,7 +7,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CORS_PREFIXES = ("/v1/", "/mcp", "/admin/")
 ALLOW_METHODS = b"GET, POST, PATCH, DELETE, OPTIONS"
-ALLOW_HEADERS = b"Authorization, Content-Type"
+# The MCP headers: browser MCP clients (the TypeScript SDK) send them on every request after initialize.
+ALLOW_HEADERS = b"Authorization, Content-Type, Mcp-Protocol-Version, Mcp-Session-Id"
 MAX_AGE = b"86400"
 
 

@@ -1,4 +1,4 @@
-"""GET /v1/query, /v1/stats, /v1/sources: authenticate, resolve the project, validate, read."""
+"""GET /v1/query, /v1/stats, /v1/sources, /v1/funnel: authenticate, resolve the project, validate, read."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from millimetric.auth.guard import require_kind
 from millimetric.errors import ApiError
 from millimetric.query import execute, params
 from millimetric.query.cursor import CursorCodec
+from millimetric.query.funnel import run_funnel
 from millimetric.store.control import Project
 
 
@@ -69,3 +70,11 @@ async def sources(request: Request) -> Response:
     services, project = await _reader(request)
     plan = params.sources_plan(request.query_params, project.retention_days)
     return json_response(await asyncio.to_thread(execute.sources, services.events, project.id, plan))
+
+
+async def funnel(request: Request) -> Response:
+    services, project = await _reader(request)
+    answer = await asyncio.to_thread(
+        run_funnel, services.events, project.id, request.query_params, project.retention_days
+    )
+    return json_response(answer)

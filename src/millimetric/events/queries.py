@@ -25,6 +25,8 @@ GROUP_BY = (
     "referrer_host",
 )
 BREAKDOWNS = ("source_medium", "source")
+# Who a funnel follows: a visitor (anonymous_id), or a user stitched the way the user_id filter is.
+FUNNEL_BY = ("anonymous", "user")
 FILTERS = ("event", "source", "medium", "user_id", "anonymous_id", "country", "session_id")
 # The fields of a raw row (GET /v1/query), in answer order.
 ROW_FIELDS = (
@@ -94,6 +96,19 @@ class SourcesPlan(NamedTuple):
     limit: int
 
 
+class FunnelPlan(NamedTuple):
+    """Ordered steps (event names; one may repeat). A step counts for an actor when one of its
+    events follows the previous step's event (later in time; at the same instant, stored later) no
+    more than `window_seconds` after the event that started the chain (inclusive). Only events in
+    `range` that pass `filters` take part."""
+
+    range: TimeRange
+    filters: Filters
+    steps: tuple[str, ...]
+    window_seconds: int
+    by: str
+
+
 class RowsPage(NamedTuple):
     """`rows`: tuples in ROW_FIELDS order, the timestamp as epoch microseconds (UTC), newest
     first. `next`: the position after the last row when more rows match, else None. Pages are
@@ -110,6 +125,9 @@ class SourceRow(NamedTuple):
     uniques: int
     paid_events: int
 
+
+# A funnel answer: per step, in plan order, how many actors reached it (a non-increasing list).
+FunnelCounts = list[int]
 
 # A stats row: (*group values in plan.group_by order, [bucket start as epoch microseconds], value),
 # sorted by bucket, then value descending, then the group values (nulls first).

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 from millimetric.events.model import EventRow
-from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
+from millimetric.events.queries import (
+    FunnelCounts,
+    FunnelPlan,
+    RowsPage,
+    RowsPlan,
+    SourceRow,
+    SourcesPlan,
+    StatRow,
+    StatsPlan,
+)
 
 
 class StoreError(RuntimeError):
@@ -42,6 +51,9 @@ class EventStore(Protocol):
 
     def sources(self, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
         """Events, unique visitors and paid events per source (and medium), most events first."""
+
+    def funnel(self, project_id: str, plan: FunnelPlan) -> FunnelCounts:
+        """How many actors reached each step, in step order; see `FunnelPlan` for the rules."""
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         """Delete the user's events, their `$identify` rows and every event of an anonymous_id an

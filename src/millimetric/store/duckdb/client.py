@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from millimetric.events.model import EventRow
-from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
+from millimetric.events.queries import (
+    FunnelCounts,
+    FunnelPlan,
+    RowsPage,
+    RowsPlan,
+    SourceRow,
+    SourcesPlan,
+    StatRow,
+    StatsPlan,
+)
 from millimetric.settings import EVENTS_FILE
 from millimetric.store.duckdb import wire
 from millimetric.store.duckdb.rows import encode_rows
@@ -156,6 +165,9 @@ class DuckDBEventStore:
 
     def sources(self, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
         return [SourceRow(*row) for row in self._read(self._timeouts.read, "sources", project_id, plan)]
+
+    def funnel(self, project_id: str, plan: FunnelPlan) -> FunnelCounts:
+        return self._read(self._timeouts.read, "funnel", project_id, plan)
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         return self._writes.call(self._timeouts.delete, "delete_user", project_id, user_id)

@@ -16,8 +16,18 @@ import duckdb
 import pyarrow as pa
 
 from millimetric.events.model import IDENTIFY_EVENT
-from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
+from millimetric.events.queries import (
+    FunnelCounts,
+    FunnelPlan,
+    RowsPage,
+    RowsPlan,
+    SourceRow,
+    SourcesPlan,
+    StatRow,
+    StatsPlan,
+)
 from millimetric.store.duckdb import migrations, reads, rollup
+from millimetric.store.duckdb.funnel import select_funnel
 from millimetric.store.duckdb.journal import Frame, Journal, write_file
 from millimetric.store.duckdb.rows import PAYLOAD_FORMAT, decode_rows
 from millimetric.store.interface import StoreOverloaded
@@ -276,6 +286,10 @@ class EventDatabase:
     def sources(self, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
         with self._cursor() as cur:
             return reads.select_sources(cur, project_id, plan)
+
+    def funnel(self, project_id: str, plan: FunnelPlan) -> FunnelCounts:
+        with self._cursor() as cur:
+            return select_funnel(cur, project_id, plan)
 
     def ping(self) -> None:
         with self._db.cursor() as cur:

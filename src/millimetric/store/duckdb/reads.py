@@ -105,7 +105,7 @@ def bucket_sql(interval: str, tz: str) -> str:
     return f"epoch_us(timezone($tz, date_trunc({unit}, {local})))"
 
 
-def _selection(project_id: str, time_range: TimeRange, filters: Filters) -> tuple[str, str, dict[str, Any]]:
+def selection(project_id: str, time_range: TimeRange, filters: Filters) -> tuple[str, str, dict[str, Any]]:
     """(WITH clause, WHERE condition, parameters) for the project, range and filters."""
     params: dict[str, Any] = {"project_id": project_id, "start": time_range.start, "end": time_range.end}
     conditions = [_IN_RANGE]
@@ -145,7 +145,7 @@ def select_rows(cur: duckdb.DuckDBPyConnection, project_id: str, plan: RowsPlan)
     The first page pins the newest seq visible to this statement; later pages only see rows at or
     below it, so inserts never shift pages.
     """
-    with_clause, where, params = _selection(project_id, plan.range, plan.filters)
+    with_clause, where, params = selection(project_id, plan.range, plan.filters)
     params["limit"] = plan.limit + 1  # the extra row says whether a next page exists
     if plan.after is None:
         snapshot = "(SELECT coalesce(max(seq), 0) FROM events)"
@@ -174,7 +174,7 @@ def select_rows(cur: duckdb.DuckDBPyConnection, project_id: str, plan: RowsPlan)
 
 def select_stats(cur: duckdb.DuckDBPyConnection, project_id: str, plan: StatsPlan) -> list[StatRow]:
     """Rows of (*group values, [bucket_us], value), sorted by bucket, value desc, then groups."""
-    with_clause, where, params = _selection(project_id, plan.range, plan.filters)
+    with_clause, where, params = selection(project_id, plan.range, plan.filters)
     params["limit"] = plan.limit
     selected = [GROUP_SQL[column] for column in plan.group_by]
     order = ["value DESC"] + [f"{i + 1} ASC NULLS FIRST" for i in range(len(selected))]
