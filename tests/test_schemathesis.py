@@ -69,6 +69,7 @@ MCP = {"/mcp"}
 MCP_ACCOUNT = {"/mcp/account"}
 NO_INPUTS = {"/healthz", "/openapi.json", "/"}  # exactly one distinct request each
 ADMIN_NO_INPUTS = {"GET /admin/me", "GET /admin/projects"}  # likewise, with a session token
+FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection"}
 DEFAULT_BUDGET = int(os.environ.get("MILLIMETRIC_FUZZ_EXAMPLES", "250"))
 PREFLIGHT_BUDGET = 30
 SEED_START = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) - dt.timedelta(hours=2)
@@ -214,6 +215,13 @@ def _head_bytes(case: Any, base_url: str, headers: dict[str, str]) -> int:
     return len(prepared.url or "") + sum(len(name) + len(value) + 4 for name, value in prepared.headers.items())
 
 
+def _overrides_framing(case: Any) -> bool:
+    """Whether the case sets a header that frames the HTTP message itself (a made-up
+    Content-Length, say). The HTTP layer answers those before routing with 400
+    `malformed_request`, which no operation lists."""
+    return any(name.lower() in FRAMING_HEADERS for name in (case.headers or {}))
+
+
 @pytest.mark.parametrize("label", _labels())
 def test_operation_honours_the_document(live: Live, label: str) -> None:
     method, path = label.split(" ", 1)
@@ -232,6 +240,7 @@ def test_operation_honours_the_document(live: Live, label: str) -> None:
     @given(case=_cases(operation, live), headers=st.sampled_from(_credentials(path, method, live)))
     def run(case: Any, headers: dict[str, str]) -> None:
         assume(_head_bytes(case, live.server.url, headers) < MAX_HEAD_BYTES - 1024)
+        assume(not _overrides_framing(case))
         response = case.call(base_url=live.server.url, session=live.session, headers=headers, timeout=30)
         statuses[response.status_code] += 1
         case.validate_response(response, checks=CHECKS, headers=headers)
