@@ -11,6 +11,7 @@ from typing import Any
 
 PEPPER_FILE = "pepper"
 EVENTS_FILE = "events.duckdb"  # the embedded event store, in the data directory
+SPOOL_DIR = "spool"  # with ClickHouse: each server process's spool, in the data directory
 CONTROL_FILE = "control.sqlite3"  # the embedded control plane
 
 
@@ -29,6 +30,7 @@ class Settings:
     port: int = 8787
     database_url: str | None = None
     clickhouse_url: str | None = None
+    spool_max_bytes: int = 1 << 30  # a ClickHouse node's spool: past it, ingest answers 503 overloaded
     redis_url: str | None = None
     redis_prefix: str = "millimetric:rl:"
     pepper: str | None = None
@@ -53,6 +55,7 @@ class Settings:
             "port": int,
             "database_url": str,
             "clickhouse_url": str,
+            "spool_max_bytes": int,
             "redis_url": str,
             "redis_prefix": str,
             "pepper": str,

@@ -22,9 +22,9 @@ from millimetric.events.model import EventRow
 from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
 from millimetric.settings import EVENTS_FILE
 from millimetric.store.duckdb import wire
-from millimetric.store.duckdb.rows import encode_rows
 from millimetric.store.duckdb.supervisor import StoreProcess
 from millimetric.store.interface import StoreError, StoreTimeout
+from millimetric.store.rows import encode_rows
 
 READ_CONNECTIONS = 4
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 from millimetric.events.model import IDENTIFY_EVENT
 from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
 from millimetric.store.duckdb import migrations, reads, rollup
-from millimetric.store.duckdb.journal import Frame, Journal, write_file
-from millimetric.store.duckdb.rows import PAYLOAD_FORMAT, decode_rows
+from millimetric.store.journal import Frame, Journal, write_file
+from millimetric.store.rows import PAYLOAD_FORMAT, decode_rows
 from millimetric.store.interface import StoreOverloaded
 
 log = logging.getLogger("millimetric.store")
