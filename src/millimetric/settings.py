@@ -37,6 +37,8 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     trust_cf_headers: bool = False
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line
+    metrics_token: str | None = None  # when set, GET /metrics wants `Authorization: Bearer <it>`
     rate_limits: bool = True
     queue_limit: int = 50_000  # per worker
     workers: int = 1  # server processes (`millimetric.api.server`)
@@ -62,6 +64,8 @@ class Settings:
             "trusted_proxies": _env_list,
             "trust_cf_headers": _env_bool,
             "log_level": str,
+            "log_format": lambda v: v.strip().lower(),
+            "metrics_token": str,
             "rate_limits": lambda v: v.strip().lower() != "off",
             "queue_limit": int,
             "workers": int,
@@ -79,6 +83,8 @@ class Settings:
         settings = cls(**values)
         if settings.workers < 1:
             raise ValueError(f"MILLIMETRIC_WORKERS must be 1 or more, not {settings.workers}")
+        if settings.log_format not in ("text", "json"):
+            raise ValueError(f"MILLIMETRIC_LOG_FORMAT must be text or json, not {settings.log_format!r}")
         for cidr in settings.trusted_proxies:
             ipaddress.ip_network(cidr, strict=False)  # fail at start-up, not per request
         return settings

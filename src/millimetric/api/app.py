@@ -16,19 +16,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import classify, docs, forget, health, ingest, read
+from millimetric.api import classify, docs, forget, health, ingest, metrics, read
 from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
+from millimetric.operations import metrics as operations_metrics
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
 
 log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
+QUEUE_GAUGE_SECONDS = 1.0  # each worker's ingest queue depth, as a scrape of any worker sums them
 T = TypeVar("T")
 
 ROUTES = [
@@ -43,6 +45,7 @@ ROUTES = [
     Route("/v1/stats", read.stats, methods=["GET"]),
     Route("/v1/sources", read.sources, methods=["GET"]),
     Route("/openapi.json", docs.openapi_json, methods=["GET"]),
+    Route("/metrics", metrics.metrics_text, methods=["GET"]),
 ]
 
 
@@ -120,8 +123,13 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
         gc.freeze()
         # Requests allocate many short-lived objects; collect the young generation less often.
         gc.set_threshold(50_000, 20, 20)
+
+        async def gauge_queue() -> None:
+            operations_metrics.set_queue_depth(services.writer.queued_events)
+
         background = [
             asyncio.create_task(_every(COUNTERS_FLUSH_SECONDS, services.record_counters, "record counters")),
+            asyncio.create_task(_every(QUEUE_GAUGE_SECONDS, gauge_queue, "gauge the ingest queue")),
             asyncio.create_task(
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
             ),
@@ -155,6 +163,7 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             except Exception:
                 log.exception("could not record counters")
             await asyncio.to_thread(services.close)
+            operations_metrics.process_exiting()
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 
     return Starlette(

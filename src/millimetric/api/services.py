@@ -13,6 +13,7 @@ from millimetric.auth.ratelimit import RateLimiter, create_limiter
 from millimetric.ingest import pipeline
 from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
+from millimetric.operations import metrics
 from millimetric.privacy.forget import ForgetRunner
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane
@@ -58,6 +59,7 @@ class Services:
         )
 
     def count_dropped(self, project_id: str, reasons: Counter[str]) -> None:
+        metrics.count_dropped(reasons)
         for reason, n in reasons.items():
             self.dropped[(project_id, reason)] += n
 
