@@ -478,11 +478,14 @@ class ClickHouseEventStore:
             "statement, or use millimetric export"
         )
 
-    def close(self, drain_seconds: float = 10.0) -> None:
-        """Ship what the spool holds if ClickHouse takes it within `drain_seconds`; whatever it
-        does not take stays in the spool for the next start."""
-        if self._pending_events and not self.sync(drain_seconds):
-            log.warning("ClickHouse: %d events stay in the spool for the next start", self._pending_events)
+    def close(self, stall_seconds: float = 10.0) -> None:
+        """Ship what the spool holds while ClickHouse takes it; once `stall_seconds` pass without
+        progress (ClickHouse down), stop: what is left stays in the spool for the next start."""
+        while self._pending_events:
+            shipped = self._shipped
+            if not self.sync(stall_seconds) and self._shipped == shipped:
+                log.warning("ClickHouse: %d events stay in the spool for the next start", self._pending_events)
+                break
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
