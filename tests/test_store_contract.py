@@ -31,6 +31,7 @@ from millimetric.events.queries import (
 )
 from millimetric.settings import Settings
 
+import store_reference
 from store_reference import ReferenceStore, bucket_us, epoch_us, referrer_host, row_tuple
 
 pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
@@ -681,3 +682,22 @@ def test_ping_and_status(store) -> None:
     assert store.ping() is None
     assert isinstance(store.status(), dict)
     assert store.rows(MAIN, RowsPlan(EVERYTHING, Filters(), 1)).next is not None
+
+
+# Export ----------------------------------------------------------------------------------------
+def test_export_holds_every_stored_column(store) -> None:
+    """Every stored column of the project's events in the range, oldest first, in bounded batches;
+    the session id as reads see it (sent or derived)."""
+    ref = loaded(store)
+    window = TimeRange(D(2024, 10, 1), D(2024, 10, 20))
+    batches = list(store.export(MAIN, window, batch_rows=97))
+    assert batches and all(batch.num_rows <= 97 for batch in batches)
+    got = [row for batch in batches for row in batch.to_pylist()]
+    want = [
+        {**_fields(row), "session_id": store_reference.session_id(row)}
+        for _, row in ref.events
+        if row.project_id == MAIN and window.start <= row.timestamp < window.end
+    ]
+    assert [row["timestamp"] for row in got] == sorted(row["timestamp"] for row in want)
+    key = lambda row: sorted((k, str(v)) for k, v in row.items())  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want))

@@ -415,7 +415,7 @@ class ClickHouseEventStore:
 
         self.sync()
         columns = ", ".join(
-            "toString(" + name + ")" if name in _LOW_CARDINALITY else name for name in EXPORT_SCHEMA.names
+            f"toString({name}) AS {name}" if name in _LOW_CARDINALITY else name for name in EXPORT_SCHEMA.names
         )
         after: tuple[int, str, int] | None = None
         while True:
