@@ -113,14 +113,22 @@ def test_two_workers_are_summed_and_the_token_is_required(server_factory, tmp_pa
     assert httpx.get(f"{server.url}/metrics", timeout=30).json()["error"] == "missing_bearer_token"
     wrong = httpx.get(f"{server.url}/metrics", headers={"Authorization": "Bearer not-it"}, timeout=30)
     assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_api_key"
-    # Whichever worker answers a scrape, it reports both workers' counts.
+
+    # Each worker publishes its request counts every second: within a few, a scrape sums both.
+    def counted(text: str) -> tuple[float, float]:
+        requests = _sample(text, "millimetric_http_requests_total", route="/v1/track", method="POST", status="202")
+        return requests, _sample(text, "millimetric_events_accepted_total")
+
+    deadline = time.monotonic() + 30
+    while counted(httpx.get(f"{server.url}/metrics", headers=token, timeout=30).text) != (sent, sent):
+        assert time.monotonic() < deadline, "the scrapes never summed both workers' requests"
+        time.sleep(0.5)
+    # From then on, whichever worker answers a scrape reports both workers' counts.
     scrapes = 0
     while scrapes < 6 or (len(_served_by(server.log_path, "/metrics")) < 2 and scrapes < 60):
         response = httpx.get(f"{server.url}/metrics", headers=token, timeout=30)
         assert response.status_code == 200
-        text = response.text
-        assert _sample(text, "millimetric_http_requests_total", route="/v1/track", method="POST", status="202") == sent
-        assert _sample(text, "millimetric_events_accepted_total") == sent
+        assert counted(response.text) == (sent, sent)
         scrapes += 1
     assert len(_served_by(server.log_path, "/metrics")) == 2, "no scrape reached the second worker"
     # Queue depth is a gauge each worker refreshes every second: summed, it is back to 0 when idle.

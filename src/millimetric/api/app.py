@@ -23,6 +23,7 @@ from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
+from millimetric.operations import logs
 from millimetric.operations import metrics as operations_metrics
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
@@ -30,7 +31,6 @@ from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeou
 
 log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
-QUEUE_GAUGE_SECONDS = 1.0  # each worker's ingest queue depth, as a scrape of any worker sums them
 T = TypeVar("T")
 
 ROUTES = [
@@ -124,12 +124,19 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
         # Requests allocate many short-lived objects; collect the young generation less often.
         gc.set_threshold(50_000, 20, 20)
 
-        async def gauge_queue() -> None:
+        async def publish_metrics() -> None:
             operations_metrics.set_queue_depth(services.writer.queued_events)
+            operations_metrics.publish()
+
+        async def flush_access_lines() -> None:
+            logs.flush()
 
         background = [
             asyncio.create_task(_every(COUNTERS_FLUSH_SECONDS, services.record_counters, "record counters")),
-            asyncio.create_task(_every(QUEUE_GAUGE_SECONDS, gauge_queue, "gauge the ingest queue")),
+            asyncio.create_task(
+                _every(operations_metrics.PUBLISH_SECONDS, publish_metrics, "publish the request metrics")
+            ),
+            asyncio.create_task(_every(logs.FLUSH_SECONDS, flush_access_lines, "write the access lines")),
             asyncio.create_task(
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
             ),
@@ -163,7 +170,9 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             except Exception:
                 log.exception("could not record counters")
             await asyncio.to_thread(services.close)
+            operations_metrics.publish()
             operations_metrics.process_exiting()
+            logs.flush()
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 
     return Starlette(

@@ -64,5 +64,6 @@ async def metrics_text(request: Request) -> Response:
     if services.settings.metrics_token:
         _require_token(request, services.settings.metrics_token)
     metrics.set_queue_depth(services.writer.queued_events)
+    metrics.publish()  # this worker's latest requests; the others publish theirs every second
     body = await asyncio.to_thread(lambda: metrics.render(_scraped(services)))
     return Response(body, media_type=metrics.CONTENT_TYPE)
