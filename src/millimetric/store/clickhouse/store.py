@@ -31,6 +31,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError,
 
 from millimetric.events.model import IDENTIFY_EVENT, EventRow
 from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan, TimeRange
+from millimetric.operations import metrics
 from millimetric.store.clickhouse import reads, schema
 from millimetric.store.clickhouse.spool import ShipState, Spool, claim
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
@@ -120,7 +121,8 @@ class ClickHouseEventStore:
         self._pending: list[Frame] = []
         self._pending_events = 0
         self._pending_bytes = 0
-        self._oldest = 0.0
+        self._oldest = 0.0  # when the rows of the next batch started waiting
+        self._acknowledged_at: list[float] = []  # per pending frame
         self._urgent = 0  # callers waiting for the spool to drain
         self._shipped = self._spool.state.shipped
         self._last_error: str | None = None
@@ -236,6 +238,7 @@ class ClickHouseEventStore:
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.extend(frames)
+        self._acknowledged_at.extend(time.monotonic() for _ in frames)
         self._pending_events += sum(frame.events for frame in frames)
         self._pending_bytes += sum(len(frame.payload) for frame in frames)
 
@@ -283,6 +286,7 @@ class ClickHouseEventStore:
                 frames = frames[len(batch) :]
                 with self._cond:
                     del self._pending[: len(batch)]
+                    del self._acknowledged_at[: len(batch)]
                     self._pending_events -= sum(frame.events for frame in batch)
                     self._pending_bytes -= sum(len(frame.payload) for frame in batch)
                     self._oldest = time.monotonic()
@@ -315,8 +319,10 @@ class ClickHouseEventStore:
         if self._spool.state.inflight != (first, last):
             self._spool.save_state(ShipState(self._shipped, (first, last)))
         table = self._arrow(batch)
+        started = time.perf_counter()
         client = self._client("ship", self._timeouts.ship)
         client.insert_arrow("events", table, settings={"insert_deduplication_token": self._spool.token(batch)})
+        metrics.CLICKHOUSE_INSERT_SECONDS.observe(time.perf_counter() - started)
         self._spool.save_state(ShipState(last, None))
         with self._cond:
             self._shipped = last
@@ -458,6 +464,7 @@ class ClickHouseEventStore:
     def status(self) -> dict[str, Any]:
         with self._cond:
             waiting, waiting_bytes, shipped = self._pending_events, self._pending_bytes, self._shipped
+            age = time.monotonic() - self._acknowledged_at[0] if self._acknowledged_at else 0.0
         return {
             "backend": "clickhouse",
             "clickhouse": self.target.describe(),
@@ -466,6 +473,7 @@ class ClickHouseEventStore:
             "spool": str(self._spool.directory),
             "unflushed_events": waiting,
             "unflushed_bytes": waiting_bytes,
+            "unflushed_seconds": age,
             "spool_max_bytes": self._max_bytes,
             "shipped_seq": shipped,
             "clickhouse_error": self._last_error,
