@@ -36,12 +36,14 @@ time goes, not as the benchmark result.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import datetime as dt
 import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -499,7 +501,7 @@ def main() -> int:
     def server_for(scenario_env: dict[str, str]) -> tuple[Server, str]:
         key = tuple(sorted(scenario_env.items()))
         if key not in servers:
-            name = "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key))
             own_dir = data_dir if not key else work / f"data-{name}"
             token = create_project(own_dir)["keys"]["sk"]
             started = Server(own_dir, work / f"server{'-' + name if key else ''}.log", {**extra_env, **scenario_env})
@@ -609,8 +611,6 @@ def main() -> int:
     print_targets(results["targets"], results["scenarios"], rounds)
     if args.clickhouse:
         results["clickhouse"] = clickhouse_figures(args, rounds, work)
-        if args.standin is not None:
-            args.standin.stop()
 
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"ingest-{stamp}.json"
@@ -722,6 +722,7 @@ def clickhouse_server(target: str) -> tuple[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="millimetric-standin-"))
     standin = StandInProcess(work / "standin", max_threads=0).start()
+    atexit.register(standin.stop)  # however the run ends
     return standin.url, standin
 
 

@@ -149,6 +149,7 @@ def select_rows(query: Query, project_id: str, plan: RowsPlan) -> RowsPage:
         snapshot = "{snapshot:Int64}"
         where += (
             " AND inserted_at <= fromUnixTimestamp64Micro({snapshot:Int64}, 'UTC')"
+            " AND timestamp <= fromUnixTimestamp64Micro({after_us:Int64}, 'UTC')"  # the sorting key prunes parts
             " AND (timestamp, node, seq) < (fromUnixTimestamp64Micro({after_us:Int64}, 'UTC'),"
             " {after_node:String}, {after_seq:UInt64})"
         )

@@ -39,6 +39,9 @@ from millimetric.store.journal import Frame
 from millimetric.store.rows import PAYLOAD_FORMAT, decode_rows, encode_rows
 
 log = logging.getLogger("millimetric.store")
+# The HTTP driver logs a warning with a traceback for every failed request; the store says once
+# that ClickHouse is unreachable and once that it ships again, and raises the error to its caller.
+logging.getLogger("clickhouse_connect.driver._backend.http_sync").setLevel(logging.ERROR)
 
 # A batch waits this long for more rows (fewer, larger inserts: ClickHouse merges parts), unless
 # it is full or a read or delete waits for it.
