@@ -451,7 +451,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if args.clickhouse:
-        args.clickhouse_base, args.standin = clickhouse_server(args.clickhouse)
+        args.clickhouse_base = clickhouse_server(args.clickhouse)
         database = f"bench_ingest_{os.getpid()}"
         ch_env = {"MILLIMETRIC_CLICKHOUSE_URL": f"{args.clickhouse_base}/{database}"}
         SCENARIOS["track_clickhouse"] = ("/v1/track", 1, ch_env)
@@ -522,7 +522,7 @@ def main() -> int:
             per_request = args.batch_size if per_request is None else per_request
             server, token = server_for(scenario_env)
             url = server.url + path
-            body_file = bodies["batch" if name == "batch" else "track"]
+            body_file = bodies["batch" if name.startswith("batch") else "track"]
             quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
             counted = server.data_dir == data_dir  # storage figures are for the main server
             if args.warmup > 0:
@@ -713,17 +713,17 @@ def targets(scenarios: dict[str, Any], rounds: list[dict[str, Any]]) -> list[dic
     return out
 
 
-def clickhouse_server(target: str) -> tuple[str, Any]:
-    """(base URL, stand-in process or None) for `--clickhouse`."""
+def clickhouse_server(target: str) -> str:
+    """The base URL for `--clickhouse` (a stand-in started for this run, stopped at exit)."""
     if target != "standin":
-        return target.rstrip("/"), None
+        return target.rstrip("/")
     sys.path.insert(0, str(ROOT / "tests"))
     from clickhouse_standin import StandInProcess
 
     work = Path(tempfile.mkdtemp(prefix="millimetric-standin-"))
     standin = StandInProcess(work / "standin", max_threads=0).start()
     atexit.register(standin.stop)  # however the run ends
-    return standin.url, standin
+    return standin.url
 
 
 def clickhouse_figures(args: argparse.Namespace, rounds: list[dict[str, Any]], work: Path) -> dict[str, Any]:

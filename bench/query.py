@@ -367,7 +367,7 @@ def main() -> None:
         print(f"clickhouse ({ch['server']}): load {ch['load_seconds']:,} s ({ch['load_events_per_s']:,} events/s "
               f"through import, spool shipping included), {ch['stored']:,} events stored")
         print(f"  system.parts: {ch['bytes'] / 2**20:,.1f} MiB, {ch['bytes_per_event']} bytes/event "
-              f"(goal <= 15: {'met' if ch['bytes_per_event'] <= 15 else 'MISSED'}); per column: {ch['top_columns']}")
+              f"(goal <= 15: {'met' if ch['bytes_per_event'] <= 15 else 'MISSED'})")
         print("  p95 beside the embedded store's:")
         for name, f in ch["queries"].items():
             embedded = figures[name]
@@ -412,9 +412,6 @@ def clickhouse_run(args: argparse.Namespace, work: Path, end: dt.datetime, user:
         size = int(client.query(
             "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {d:String} AND table = 'events' AND active",
             parameters={"d": database}).result_rows[0][0])
-        columns = client.query(
-            "SELECT name, sum(data_compressed_bytes) AS b FROM system.columns WHERE database = {d:String} "
-            "AND table = 'events' GROUP BY name ORDER BY b DESC LIMIT 6", parameters={"d": database}).result_rows
         proc, url = serve(data_dir, env)
         try:
             figures = time_queries(url, meta["keys"]["rk"], end, user, args.runs)
@@ -432,7 +429,6 @@ def clickhouse_run(args: argparse.Namespace, work: Path, end: dt.datetime, user:
         "stored": stored,
         "bytes": size,
         "bytes_per_event": round(size / max(stored, 1), 1),
-        "top_columns": {name: round(b / max(stored, 1), 2) for name, b in columns},
         "queries": figures,
     }
 
