@@ -30,7 +30,7 @@ def redact(text: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    converter = time.gmtime  # UTC, as the access lines and the JSON lines
+    converter = staticmethod(time.gmtime)  # UTC, as the access lines and the JSON lines
 
     def __init__(self) -> None:
         super().__init__(_TEXT)
