@@ -36,12 +36,14 @@ time goes, not as the benchmark result.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import datetime as dt
 import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -442,8 +444,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--py-spy", default=None, help="path to py-spy (default: PATH, then the venv)")
     p.add_argument("--wrk", default="wrk", help="path to wrk (default: wrk on PATH)")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
+    p.add_argument("--clickhouse", metavar="URL",
+                   help="also run track and batch on a node over ClickHouse at URL (http://user:pass@host:8123, or "
+                        "'standin' for the test stand-in), and time a spool drain into it")
+    p.add_argument("--drain-events", type=int, default=1_000_000, help="events in the spool drain (default 1M)")
     args = p.parse_args()
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.clickhouse:
+        args.clickhouse_base = clickhouse_server(args.clickhouse)
+        database = f"bench_ingest_{os.getpid()}"
+        ch_env = {"MILLIMETRIC_CLICKHOUSE_URL": f"{args.clickhouse_base}/{database}"}
+        SCENARIOS["track_clickhouse"] = ("/v1/track", 1, ch_env)
+        SCENARIOS["batch_clickhouse"] = ("/v1/batch", None, ch_env)
+        args.scenarios += [name for name in ("track_clickhouse", "batch_clickhouse") if name.split("_")[0] in args.scenarios]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
@@ -488,7 +501,7 @@ def main() -> int:
     def server_for(scenario_env: dict[str, str]) -> tuple[Server, str]:
         key = tuple(sorted(scenario_env.items()))
         if key not in servers:
-            name = "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key))
             own_dir = data_dir if not key else work / f"data-{name}"
             token = create_project(own_dir)["keys"]["sk"]
             started = Server(own_dir, work / f"server{'-' + name if key else ''}.log", {**extra_env, **scenario_env})
@@ -509,7 +522,7 @@ def main() -> int:
             per_request = args.batch_size if per_request is None else per_request
             server, token = server_for(scenario_env)
             url = server.url + path
-            body_file = bodies["batch" if name == "batch" else "track"]
+            body_file = bodies["batch" if name.startswith("batch") else "track"]
             quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
             counted = server.data_dir == data_dir  # storage figures are for the main server
             if args.warmup > 0:
@@ -596,6 +609,8 @@ def main() -> int:
 
     results["targets"] = targets(results["scenarios"], rounds)
     print_targets(results["targets"], results["scenarios"], rounds)
+    if args.clickhouse:
+        results["clickhouse"] = clickhouse_figures(args, rounds, work)
 
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"ingest-{stamp}.json"
@@ -696,6 +711,69 @@ def targets(scenarios: dict[str, Any], rounds: list[dict[str, Any]]) -> list[dic
                     "value": batch["events_per_s"], "met": batch["events_per_s"] >= TARGET_BATCH_EVENTS_PER_S})
         out.append({"target": "/v1/batch all 2xx", "value": batch["non_2xx"], "met": batch["non_2xx"] == 0})
     return out
+
+
+def clickhouse_server(target: str) -> str:
+    """The base URL for `--clickhouse` (a stand-in started for this run, stopped at exit)."""
+    if target != "standin":
+        return target.rstrip("/")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from clickhouse_standin import StandInProcess
+
+    work = Path(tempfile.mkdtemp(prefix="millimetric-standin-"))
+    standin = StandInProcess(work / "standin", max_threads=0).start()
+    atexit.register(standin.stop)  # however the run ends
+    return standin.url
+
+
+def clickhouse_figures(args: argparse.Namespace, rounds: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+    """Track and batch over ClickHouse as a ratio to the embedded store (paired within each round),
+    and the rate at which a node's spool drains into ClickHouse."""
+    out: dict[str, Any] = {}
+    for name in ("track", "batch"):
+        ratios = paired_ratios(rounds, f"{name}_clickhouse", name)
+        if ratios:
+            out[f"{name}_ratio"] = round(statistics.median(ratios), 3)
+            print(f"clickhouse: {name} requests/s as a ratio to the embedded store by round: "
+                  f"{', '.join(f'{r:.1%}' for r in ratios)}; median {statistics.median(ratios):.1%}")
+    out["drain"] = spool_drain(args.clickhouse_base, work / "drain", args.drain_events)
+    d = out["drain"]
+    print(f"clickhouse: spool drain of {d['events']:,} events in {d['seconds']} s: {d['events_per_s']:,} events/s "
+          f"(goal >= 100,000 into the stand-in: {'met' if d['events_per_s'] >= 100_000 else 'MISSED'}); "
+          f"spooling them took {d['spool_seconds']} s")
+    return out
+
+
+def spool_drain(base: str, work: Path, count: int) -> dict[str, Any]:
+    """Spool `count` events while ClickHouse is unreachable, then time a node (a new store on the
+    same spool) shipping all of them."""
+    import asyncio
+
+    from millimetric.events.model import EventRow
+    from millimetric.store.clickhouse.store import ClickHouseEventStore
+
+    rng = random.Random(3)
+    now = dt.datetime(2026, 1, 1)
+    rows = [EventRow(project_id="bench", timestamp=now + dt.timedelta(milliseconds=i), event_name=rng.choice(_EVENTS),
+                     anonymous_id=f"v{rng.randrange(100_000)}", source="google", medium="organic",
+                     path=rng.choice(_PAGES), country="DE", device_type="desktop", browser="Chrome", os="Linux",
+                     ip_hash=f"{rng.getrandbits(64):016x}", properties='{"plan":"pro"}') for i in range(10_000)]
+    spool = work / "spool"
+    offline = ClickHouseEventStore("http://127.0.0.1:1/bench_drain", spool, 1 << 40)
+    started = time.perf_counter()
+    for _ in range(count // len(rows)):
+        asyncio.run(offline.append(rows))
+    spool_seconds = time.perf_counter() - started
+    offline.close(stall_seconds=0.1)
+    database = f"bench_drain_{os.getpid()}"
+    started = time.perf_counter()
+    store = ClickHouseEventStore(f"{base}/{database}", spool, 1 << 40)
+    assert store.sync(3600), "the spool did not drain"
+    seconds = time.perf_counter() - started
+    store.close()
+    shipped = count // len(rows) * len(rows)
+    return {"events": shipped, "seconds": round(seconds, 2), "events_per_s": round(shipped / seconds),
+            "spool_seconds": round(spool_seconds, 2), "includes": "connect and schema creation"}
 
 
 def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any], rounds: list[dict[str, Any]]) -> None:

@@ -32,13 +32,14 @@ from millimetric.events.queries import (
 )
 from millimetric.settings import Settings
 
+import store_reference
 from store_reference import ReferenceStore, bucket_us, epoch_us, referrer_host, row_tuple
 
 pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
-# Each backend the contract holds, with the MILLIMETRIC_* environment that selects it. New backends
-# join this list (e.g. "clickhouse" with its MILLIMETRIC_CLICKHOUSE_URL).
-BACKENDS = {"duckdb": {}}
+# Each backend the contract holds, with the fixture giving the MILLIMETRIC_* environment that
+# selects it (None: the default settings).
+BACKENDS = {"duckdb": None, "clickhouse": "clickhouse_environment"}
 
 MAIN, OTHER = "proj_main", "proj_other"
 D = dt.datetime
@@ -192,20 +193,21 @@ def _fields(row: EventRow) -> dict[str, Any]:
 
 
 # The stores ----------------------------------------------------------------------------------
-def _settings(backend: str, data_dir: Path) -> Settings:
-    return Settings.from_env(environ=dict(BACKENDS[backend]), data_dir=data_dir)
+@pytest.fixture
+def clickhouse_environment(clickhouse_database: str) -> dict[str, str]:
+    return {"MILLIMETRIC_CLICKHOUSE_URL": clickhouse_database}
 
 
 class Stores:
     """Opens stores of one backend on one data directory; closes what the test left open."""
 
-    def __init__(self, backend: str, data_dir: Path) -> None:
-        self.backend, self.data_dir, self.opened = backend, data_dir, []
+    def __init__(self, backend: str, data_dir: Path, environ: dict[str, str]) -> None:
+        self.backend, self.data_dir, self.environ, self.opened = backend, data_dir, environ, []
 
     def open(self):
         from millimetric.store.factory import open_event_store
 
-        store = open_event_store(_settings(self.backend, self.data_dir))
+        store = open_event_store(Settings.from_env(environ=dict(self.environ), data_dir=self.data_dir))
         self.opened.append(store)
         return store
 
@@ -220,7 +222,8 @@ class Stores:
 
 @pytest.fixture(params=list(BACKENDS))
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    manager = Stores(request.param, tmp_path / "data")
+    environment = BACKENDS[request.param]
+    manager = Stores(request.param, tmp_path / "data", request.getfixturevalue(environment) if environment else {})
     yield manager
     for store in manager.opened[::-1]:
         store.close()
@@ -735,3 +738,22 @@ def test_ping_and_status(store) -> None:
     assert store.ping() is None
     assert isinstance(store.status(), dict)
     assert store.rows(MAIN, RowsPlan(EVERYTHING, Filters(), 1)).next is not None
+
+
+# Export ----------------------------------------------------------------------------------------
+def test_export_holds_every_stored_column(store) -> None:
+    """Every stored column of the project's events in the range, oldest first, in bounded batches;
+    the session id as reads see it (sent or derived)."""
+    ref = loaded(store)
+    window = TimeRange(D(2024, 10, 1), D(2024, 10, 20))
+    batches = list(store.export(MAIN, window, batch_rows=97))
+    assert batches and all(batch.num_rows <= 97 for batch in batches)
+    got = [row for batch in batches for row in batch.to_pylist()]
+    want = [
+        {**_fields(row), "session_id": store_reference.session_id(row)}
+        for _, row in ref.events
+        if row.project_id == MAIN and window.start <= row.timestamp < window.end
+    ]
+    assert [row["timestamp"] for row in got] == sorted(row["timestamp"] for row in want)
+    key = lambda row: sorted((k, str(v)) for k, v in row.items())  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want))

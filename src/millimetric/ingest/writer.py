@@ -15,6 +15,7 @@ from collections import deque
 
 from millimetric.errors import ApiError, overloaded
 from millimetric.events.model import EventRow
+from millimetric.operations import metrics
 from millimetric.store.interface import EventStore, StoreOverloaded, StoreTimeout
 
 log = logging.getLogger("millimetric.writer")
@@ -73,6 +74,7 @@ class Writer:
                 started = time.perf_counter()
                 try:
                     await self._sink.append(rows)
+                    metrics.count_accepted(len(rows))  # one count per group commit, not per request
                     log.debug(
                         "committed %d events from %d requests in %.1f ms",
                         len(rows),

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
-from millimetric.events.model import EventRow
+import pyarrow as pa
+
+from millimetric.events.model import COLUMNS, EventRow
 from millimetric.events.queries import (
     FunnelCounts,
     FunnelPlan,
@@ -21,7 +23,14 @@ from millimetric.events.queries import (
     SourcesPlan,
     StatRow,
     StatsPlan,
+    TimeRange,
 )
+
+# What `EventStore.export` yields: every column of `EventRow`, in its order, as stored (naive UTC
+# microsecond timestamps; `session_id` the event's session, sent or derived). The same shape
+# `millimetric export` writes and `millimetric import --export` appends back.
+EXPORT_SCHEMA = pa.schema([(name, pa.timestamp("us") if name == "timestamp" else pa.string()) for name in COLUMNS])
+EXPORT_BATCH_ROWS = 50_000
 
 
 class StoreError(RuntimeError):
@@ -63,6 +72,13 @@ class EventStore(Protocol):
     def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
         """Delete the project's events older than `cutoff` (naive UTC); returns how many."""
 
+    def export(
+        self, project_id: str, time_range: TimeRange, batch_rows: int = EXPORT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """Every stored event of the project in `time_range`, oldest first, in batches of at most
+        `batch_rows` rows of `EXPORT_SCHEMA`: memory stays bounded whatever the project's size.
+        Events appended while it runs may or may not be included."""
+
     def ping(self) -> None:
         """Raise unless the store answers within a few seconds."""
 
@@ -72,7 +88,8 @@ class EventStore(Protocol):
 
     def status(self) -> dict[str, Any]:
         """What an operator wants to know: backend, format version, events waiting to be written,
-        quarantined data (`millimetric doctor`, `/healthz`)."""
+        quarantined data (`millimetric doctor`, `/healthz`). `GET /metrics` reads the spool from
+        `unflushed_events`, `unflushed_bytes` and `unflushed_seconds` (age of the oldest)."""
 
     def close(self) -> None:
         """Make every acknowledged event durable in the store proper and release it."""

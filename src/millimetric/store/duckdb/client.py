@@ -16,7 +16,9 @@ import socket
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
 
 from millimetric.events.model import EventRow
 from millimetric.events.queries import (
@@ -28,12 +30,13 @@ from millimetric.events.queries import (
     SourcesPlan,
     StatRow,
     StatsPlan,
+    TimeRange,
 )
 from millimetric.settings import EVENTS_FILE
-from millimetric.store.duckdb import wire
-from millimetric.store.duckdb.rows import encode_rows
+from millimetric.store.duckdb import export, wire
 from millimetric.store.duckdb.supervisor import StoreProcess
-from millimetric.store.interface import StoreError, StoreTimeout
+from millimetric.store.interface import EXPORT_BATCH_ROWS, StoreError, StoreTimeout
+from millimetric.store.rows import encode_rows
 
 READ_CONNECTIONS = 4
 
@@ -168,6 +171,16 @@ class DuckDBEventStore:
 
     def funnel(self, project_id: str, plan: FunnelPlan) -> FunnelCounts:
         return self._read(self._timeouts.read, "funnel", project_id, plan)
+
+    def export(
+        self, project_id: str, time_range: TimeRange, batch_rows: int = EXPORT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        after: export.Position | None = None
+        while True:
+            payload, after = self._read(self._timeouts.read, "export_page", project_id, time_range, after, batch_rows)
+            yield from export.read_page(payload).to_batches()
+            if after is None:
+                return
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         return self._writes.call(self._timeouts.delete, "delete_user", project_id, user_id)

@@ -25,12 +25,14 @@ from millimetric.events.queries import (
     SourcesPlan,
     StatRow,
     StatsPlan,
+    TimeRange,
 )
-from millimetric.store.duckdb import migrations, reads, rollup
+from millimetric.operations import metrics
+from millimetric.store.duckdb import export, migrations, reads, rollup
 from millimetric.store.duckdb.funnel import select_funnel
-from millimetric.store.duckdb.journal import Frame, Journal, write_file
-from millimetric.store.duckdb.rows import PAYLOAD_FORMAT, decode_rows
 from millimetric.store.interface import StoreOverloaded
+from millimetric.store.journal import Frame, Journal, write_file
+from millimetric.store.rows import PAYLOAD_FORMAT, decode_rows
 
 log = logging.getLogger("millimetric.store")
 
@@ -147,7 +149,11 @@ class EventDatabase:
     def flush(self) -> None:
         """Hand the journal's rows to DuckDB: one insert, one transaction."""
         with self._flush_lock:
-            self._insert(*self._take_unflushed())
+            frames, files = self._take_unflushed()
+            started = time.perf_counter()
+            self._insert(frames, files)
+            if frames:
+                metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
 
     def flush_due(self) -> bool:
         waiting = self._unflushed_events
@@ -291,6 +297,12 @@ class EventDatabase:
         with self._cursor() as cur:
             return select_funnel(cur, project_id, plan)
 
+    def export_page(
+        self, project_id: str, time_range: TimeRange, after: export.Position | None, limit: int
+    ) -> tuple[bytes, export.Position | None]:
+        with self._cursor() as cur:
+            return export.select_page(cur, project_id, time_range, after, limit)
+
     def ping(self) -> None:
         with self._db.cursor() as cur:
             cur.execute("SELECT 1").fetchall()
@@ -298,12 +310,14 @@ class EventDatabase:
     def status(self) -> dict[str, Any]:
         with self._lock:
             waiting, waiting_bytes = self._unflushed_events, self._unflushed_bytes
+            waited = time.monotonic() - self._oldest_unflushed if waiting else 0.0
         return {
             "backend": "duckdb",
             "path": str(self.path),
             "format": migrations.VERSION,
             "unflushed_events": waiting,
             "unflushed_bytes": waiting_bytes,
+            "unflushed_seconds": waited,
             "quarantined_files": self.quarantined_files(),
             "quarantine": str(self._quarantine),
         }

@@ -32,7 +32,7 @@ from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeou
 
 APPEND, WRITE, READ = "append", "write", "read"
 WRITE_METHODS = frozenset({"delete_user", "delete_before", "backup"})
-READ_METHODS = frozenset({"rows", "stats", "sources", "funnel", "ping", "status"})
+READ_METHODS = frozenset({"rows", "stats", "sources", "funnel", "export_page", "ping", "status"})
 LENGTH = struct.Struct("!I")  # the length prefix of a `Connection.send_bytes` message
 OVERLOADED, ERROR = "O", "E"
 _KEY_BYTES = 32
