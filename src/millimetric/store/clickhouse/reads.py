@@ -93,7 +93,9 @@ def timestamp_param(value: dt.datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def _selection(project_id: str, time_range: TimeRange, filters: Filters) -> tuple[str, dict[str, Any]]:
+def selection(project_id: str, time_range: TimeRange, filters: Filters) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause of a range and filters (project first, then time: the sorting key) and its
+    parameters; every read of events selects through it, so all reads agree on what a filter means."""
     params: dict[str, Any] = {
         "project_id": project_id,
         "start": timestamp_param(time_range.start),
@@ -140,7 +142,7 @@ def select_rows(query: Query, project_id: str, plan: RowsPlan) -> RowsPage:
     The first page takes the server's clock as the walk's snapshot; later pages see only rows
     inserted until then, so events stored during a walk never shift its pages.
     """
-    where, params = _selection(project_id, plan.range, plan.filters)
+    where, params = selection(project_id, plan.range, plan.filters)
     params["limit"] = plan.limit + 1  # the extra row says whether a next page exists
     if plan.after is None:
         snapshot = "toUnixTimestamp64Micro(now64(6))"
@@ -169,7 +171,7 @@ def select_rows(query: Query, project_id: str, plan: RowsPlan) -> RowsPage:
 
 def select_stats(query: Query, project_id: str, plan: StatsPlan) -> list[StatRow]:
     """Rows of (*group values, [bucket_us], value), sorted by bucket, value desc, then groups."""
-    where, params = _selection(project_id, plan.range, plan.filters)
+    where, params = selection(project_id, plan.range, plan.filters)
     params["limit"] = plan.limit
     selected = [f"{GROUP_SQL[column]} AS g{i}" for i, column in enumerate(plan.group_by)]
     groups = [f"g{i}" for i in range(len(plan.group_by))]

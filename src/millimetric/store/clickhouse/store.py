@@ -30,9 +30,19 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 
 from millimetric.events.model import IDENTIFY_EVENT, EventRow
-from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan, TimeRange
+from millimetric.events.queries import (
+    FunnelCounts,
+    FunnelPlan,
+    RowsPage,
+    RowsPlan,
+    SourceRow,
+    SourcesPlan,
+    StatRow,
+    StatsPlan,
+    TimeRange,
+)
 from millimetric.operations import metrics
-from millimetric.store.clickhouse import reads, schema
+from millimetric.store.clickhouse import funnel, reads, schema
 from millimetric.store.clickhouse.spool import ShipState, Spool, claim
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
 from millimetric.store.journal import Frame
@@ -369,6 +379,10 @@ class ClickHouseEventStore:
     def sources(self, project_id: str, plan: SourcesPlan) -> list[SourceRow]:
         self.sync()
         return reads.select_sources(self._read, project_id, plan)
+
+    def funnel(self, project_id: str, plan: FunnelPlan) -> FunnelCounts:
+        self.sync()
+        return funnel.select_funnel(self._read, project_id, plan)
 
     # deletes --------------------------------------------------------------------------------
     def delete_user(self, project_id: str, user_id: str) -> int:
