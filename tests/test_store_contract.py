@@ -61,7 +61,11 @@ SOURCE_RANGES = {
 TZS = ("Europe/Berlin", "America/St_Johns")  # DST; St_Johns is also 30 minutes off the hour
 GROUPINGS = [()] + [(c,) for c in GROUP_BY] + [("source", "medium"), ("referrer_host", "event_name")]
 BIG = 1_000_000  # a limit nothing reaches
+# Page sizes of the paging walks. Every page is a query, and a query has a fixed cost on ClickHouse:
+# the one walk over every row of the range takes small pages (many page ends inside ties); walks
+# with filters, whose rows are fewer, take larger ones (their page ends still split ties, below).
 PAGE = 7
+FILTERED_PAGE = 25
 
 SOURCE_MEDIUMS = [("", "")] * 4 + [
     ("google", "organic"),
@@ -285,6 +289,11 @@ def assert_walk(
     assert all(page.next is not None for page in pages[:-1]) and pages[-1].next is None, label
 
 
+def tie_ends(rows: list, limit: int) -> int:
+    """How many page ends of a walk fall between two rows of the same timestamp."""
+    return sum(rows[i - 1][0] == rows[i][0] for i in range(limit, len(rows), limit))
+
+
 def stats_plan(
     metric: str,
     group_by: tuple = (),
@@ -310,7 +319,8 @@ def assert_sources(store, ref: ReferenceStore, project: str, plan: SourcesPlan, 
 def assert_every_read(store, ref: ReferenceStore, what: str) -> None:
     """A battery of reads over both projects: rows, stats and sources equal the reference's."""
     for project, time_range in ((MAIN, RANGE), (OTHER, OTHER_RANGE)):
-        assert_walk(store, ref, project, EVERYTHING, Filters(), limit=97, what=f"{what}: all")
+        # Several pages in both projects: what a delete or a reopen leaves pages on.
+        assert_walk(store, ref, project, EVERYTHING, Filters(), limit=250, what=f"{what}: all")
         for filters in (
             Filters(user_id="u1"),
             Filters(user_id="u3"),
@@ -413,12 +423,14 @@ def test_the_data_set_is_varied() -> None:
 # Raw rows ------------------------------------------------------------------------------------
 def test_rows_pages_filters_and_stitching(store) -> None:
     ref = loaded(store)
+    assert tie_ends(ref.all_rows(MAIN, RANGE, Filters()), PAGE) >= 10, "page ends between events of one instant"
     assert_walk(store, ref, MAIN, RANGE, Filters())
     derived = next(
         row_tuple(r)[ROW_FIELDS.index("session_id")]
         for _, r in ref.events
         if r.project_id == MAIN and r.session_id is None and RANGE.start <= r.timestamp < RANGE.end
     )
+    ends = 0
     for filters in (
         Filters(event="signup"),
         Filters(event=IDENTIFY_EVENT),
@@ -437,7 +449,9 @@ def test_rows_pages_filters_and_stitching(store) -> None:
         Filters(user_id="u1", event=PAGEVIEW_EVENT, country="US"),
         Filters(event="no such event"),
     ):
-        assert_walk(store, ref, MAIN, RANGE, filters)
+        assert_walk(store, ref, MAIN, RANGE, filters, limit=FILTERED_PAGE)
+        ends += tie_ends(ref.all_rows(MAIN, RANGE, filters), FILTERED_PAGE)
+    assert ends >= 3, "filtered walks end pages between events of one instant"
     for filters in (Filters(), Filters(user_id="u3"), Filters(user_id="u1")):  # the other project's identifies
         assert_walk(store, ref, OTHER, OTHER_RANGE, filters, limit=50)
     assert ref.all_rows(MAIN, RANGE, Filters(user_id="linked-only")), "the data set links visitors to linked-only"
@@ -449,10 +463,12 @@ def test_rows_pages_filters_and_stitching(store) -> None:
 def test_rows_pages_are_stable_while_events_arrive(store) -> None:
     ref = loaded(store)
     weeks = TimeRange(D(2024, 10, 20), D(2024, 11, 3))
+    size = 13  # more than 20 pages in both walks: events arrive after pages 1, 5 and 20
     for time_range, filters in ((weeks, Filters()), (RANGE, Filters(medium="paid"))):
-        plan = RowsPlan(time_range, filters, PAGE)
+        plan = RowsPlan(time_range, filters, size)
         before = ref.all_rows(MAIN, time_range, filters)  # the pages as they were when the walk began
-        want = [RowsPage(before[i : i + PAGE], None) for i in range(0, len(before), PAGE)]
+        want = [RowsPage(before[i : i + size], None) for i in range(0, len(before), size)]
+        assert len(want) > 21, f"{filters}: {len(want)} pages"
         pages = [store.rows(MAIN, plan)]
         while pages[-1].next is not None:
             n = len(pages)
@@ -470,7 +486,7 @@ def test_rows_pages_are_stable_while_events_arrive(store) -> None:
         for n, (page, expected) in enumerate(zip(pages, want)):
             assert_same(page.rows, expected.rows, f"{filters}: page {n + 1} of a walk while events arrived")
         assert pages[-1].next is None
-        assert_walk(store, ref, MAIN, time_range, filters, what=f"{filters}, a new walk after the arrivals")
+        assert_walk(store, ref, MAIN, time_range, filters, size, f"{filters}, a new walk after the arrivals")
 
 
 def test_derived_session_ids_floor_the_half_hour(store) -> None:
