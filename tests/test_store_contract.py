@@ -673,6 +673,43 @@ def test_funnels(store) -> None:
     assert wide[-1] > narrow[-1] > 0 and wide[0] == narrow[0]
 
 
+def test_funnel_window_edges_ties_and_the_latest_start(store) -> None:
+    """Cases the random data set leaves to chance: a step exactly `window` after the start counts,
+    one at the start's instant counts when stored later and not when stored earlier, and a later
+    start rescues a chain the earlier one cannot finish."""
+    project, at = "proj_funnel_edges", D(2024, 6, 1, 12)
+    ref = ReferenceStore()
+
+    def event(anon: str, name: str, seconds: float) -> EventRow:
+        when = at + dt.timedelta(seconds=seconds)
+        row = extra_events(1, 1, (at, 1), project, anonymous_id=anon, event_name=name, timestamp=when, user_id=None)
+        return row[0]
+
+    # Appended one at a time: stored order is the order below.
+    for row in (
+        event("exactly-window", PAGEVIEW_EVENT, 0),
+        event("exactly-window", "signup", 60),
+        event("tie-stored-before", "signup", 0),
+        event("tie-stored-before", PAGEVIEW_EVENT, 0),
+        event("tie-stored-before-too", "signup", 30),
+        event("tie-stored-before-too", PAGEVIEW_EVENT, 30),
+        event("tie-stored-after", PAGEVIEW_EVENT, 0),
+        event("tie-stored-after", "signup", 0),
+        event("later-start", PAGEVIEW_EVENT, 0),
+        event("later-start", PAGEVIEW_EVENT, 50),
+        event("later-start", "signup", 100),
+        event("one-microsecond-late", PAGEVIEW_EVENT, 0),
+        event("one-microsecond-late", "signup", 60.000001),
+    ):
+        append(store, ref, [row])
+    day = TimeRange(at - dt.timedelta(days=1), at + dt.timedelta(days=1))
+    for window, want in ((60, [6, 3]), (59, [6, 2]), (50, [6, 2]), (49, [6, 1])):
+        plan = FunnelPlan(day, Filters(), (PAGEVIEW_EVENT, "signup"), window, "anonymous")
+        assert assert_funnel(store, ref, project, plan) == want, f"window {window}"
+    plan = FunnelPlan(day, Filters(), (PAGEVIEW_EVENT, PAGEVIEW_EVENT, "signup"), 100, "anonymous")
+    assert assert_funnel(store, ref, project, plan) == [6, 1, 1]
+
+
 # Deletes -------------------------------------------------------------------------------------
 def test_delete_user_and_delete_before(stores: Stores, store) -> None:
     ref = loaded(store)
