@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import classify, docs, forget, health, ingest, read
+from millimetric.api import classify, docs, forget, health, ingest, read, snippet
 from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
@@ -43,6 +43,7 @@ ROUTES = [
     Route("/v1/stats", read.stats, methods=["GET"]),
     Route("/v1/sources", read.sources, methods=["GET"]),
     Route("/openapi.json", docs.openapi_json, methods=["GET"]),
+    Route("/v1/a.js", snippet.a_js, methods=["GET"]),
 ]
 
 
