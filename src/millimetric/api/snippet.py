@@ -46,8 +46,8 @@ def _accepts_gzip(request: Request) -> bool:
 async def a_js(request: Request) -> Response:
     current = snippet()
     headers = {"ETag": current.etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
-    if_none_match = request.headers.get("if-none-match", "")
-    if if_none_match.strip() == "*" or current.etag in (tag.strip().removeprefix("W/") for tag in if_none_match.split(",")):
+    presented = {tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")}
+    if current.etag in presented or "*" in presented:
         return Response(status_code=304, headers=headers)
     if _accepts_gzip(request):
         return Response(current.gzipped, media_type=MEDIA_TYPE, headers={**headers, "Content-Encoding": "gzip"})

@@ -1,5 +1,4 @@
-/* millimetric browser snippet. Served as-is (readable) by GET /v1/a.js; see docs/snippet.md.
-   <script async src="https://HOST/v1/a.js" data-key="pk_live_..." data-host="https://HOST"></script> */
+/* millimetric browser snippet, served as-is by GET /v1/a.js: see docs/snippet.md */
 (function (w, d) {
   "use strict";
   var nav = navigator;
@@ -60,6 +59,13 @@
         body: body,
       }).then(function (r) {
         if (r.status > 499 || r.status == 429) retry();
+        // A clock far off fails validation: the server's time of arrival beats losing the batch.
+        else if (r.status == 400 && batch[0].timestamp) {
+          batch.forEach(function (e) {
+            delete e.timestamp;
+          });
+          send(batch, leaving);
+        }
       }, retry);
     } catch (e) {}
   }
@@ -79,6 +85,7 @@
     var e = {
       event: String(name),
       event_id: uuid(),
+      timestamp: new Date().toISOString(),
       anonymous_id: anonymousId(),
       url: location.href,
       path: location.pathname,
@@ -154,9 +161,6 @@
   w.addEventListener("popstate", navigated);
   w.addEventListener("pagehide", function () {
     flush(true);
-  });
-  d.addEventListener("visibilitychange", function () {
-    if (d.visibilityState == "hidden") flush(true);
   });
   mm.page();
 })(window, document);
