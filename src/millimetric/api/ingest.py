@@ -13,7 +13,7 @@ from millimetric.api.responses import json_response
 from millimetric.api.services import Services
 from millimetric.auth import ratelimit, scopes
 from millimetric.auth.guard import Principal, require_kind, require_origin
-from millimetric.events.model import DUPLICATE, EventRow
+from millimetric.events.model import DUPLICATE, IDENTIFY_EVENT, EventRow
 from millimetric.ingest import pipeline, schemas
 from millimetric.ingest.visit import Visit
 
@@ -100,7 +100,7 @@ async def identify(request: Request) -> Response:
     errors = schemas.FieldErrors()
     traits = schemas.encode_object(body.traits, "traits", errors)
     errors.raise_if_any()
-    event = schemas.TrackEvent(event=schemas.IDENTIFY_EVENT, anonymous_id=body.anonymous_id, user_id=body.user_id)
+    event = schemas.TrackEvent(event=IDENTIFY_EVENT, anonymous_id=body.anonymous_id, user_id=body.user_id)
     base = await visit(request, services, principal)
     kept, dropped = pipeline.run([(pipeline.new_row(event, traits, base), base)], services.steps)
     services.count_dropped(base.project_id, dropped)

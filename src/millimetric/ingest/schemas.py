@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from millimetric.errors import ApiError
-from millimetric.events.model import IDENTIFY_EVENT, RESERVED_EVENTS_ALLOWED
+from millimetric.events.model import RESERVED_EVENTS_ALLOWED
 
 TRACK_BODY_LIMIT = 64 * 1024
 IDENTIFY_BODY_LIMIT = 64 * 1024

@@ -14,7 +14,6 @@ from typing import Any, Protocol, Sequence
 from millimetric.events.model import EventRow
 from millimetric.events.queries import RowsPage, RowsPlan, SourceRow, SourcesPlan, StatRow, StatsPlan
 
-
 # How long an event id keeps a repeat of it out of the store.
 DEDUP_WINDOW = dt.timedelta(days=7)
 

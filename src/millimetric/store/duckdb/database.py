@@ -149,7 +149,8 @@ class EventDatabase:
     def _journal_append(self, payload: bytes, count: int) -> None:
         """Under `_lock`."""
         if self._unflushed_bytes + len(payload) > MAX_UNFLUSHED_BYTES:
-            raise StoreOverloaded(f"{self._unflushed_events} acknowledged events wait for DuckDB (inserts keep failing)")
+            waiting = self._unflushed_events
+            raise StoreOverloaded(f"{waiting} acknowledged events wait for DuckDB (inserts keep failing)")
         frame = Frame(self._next_seq, count, payload, PAYLOAD_FORMAT)
         self._next_seq = frame.next_seq  # taken even if the write fails: a seq is never used twice
         self._journal.write(frame)

@@ -58,7 +58,8 @@ def _serialize(strings: pa.Array, timestamps: pa.Array) -> bytes:
 
 def decode_rows(payloads: Iterable[tuple[bytes, int]]) -> pa.Table:
     """The rows of many (payload, payload format) pairs, as one table (zero-copy: no row is parsed)."""
-    return pa.Table.from_batches([decode_payload(payload, version) for payload, version in payloads], schema=ARROW_SCHEMA)
+    batches = [decode_payload(payload, version) for payload, version in payloads]
+    return pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
 
 
 def decode_payload(payload: bytes, payload_format: int) -> pa.RecordBatch:
