@@ -7,6 +7,8 @@ import asyncio
 import datetime as dt
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import uuid
 from typing import Any, Iterator
@@ -226,3 +228,31 @@ def test_the_wsgi_and_django_helpers_set_the_context(server, proxy):
         None,
     ]
     assert visitor_context(None, "") == {}
+
+
+def test_a_429_is_retried_after_retry_after(server, proxy):
+    name = f"limited-{uuid.uuid4().hex[:8]}"
+    proxy.fail(1, 429)
+    with Client(server[1], host=proxy.url) as client:
+        client.track(name)
+        client.flush()
+    assert len(proxy.batches()) == 2
+    assert len(stored(server, name)) == 1
+
+
+def test_events_still_queued_at_interpreter_exit_are_sent(server, tmp_path):
+    """Neither client is flushed or closed by the script: the exit hooks send what is queued,
+    the async client's synchronously since its event loop is gone by then."""
+    name = f"at-exit-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from millimetric import AsyncClient, Client\n"
+        "key, host, name = sys.argv[1:]\n"
+        "Client(key, host=host, flush_interval=600).track(name, properties={'by': 'sync'})\n"
+        "async def main():\n"
+        "    await AsyncClient(key, host=host, flush_interval=600).track(name, properties={'by': 'async'})\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, str(script), server[1], server[0].url, name], check=True, timeout=120)
+    assert sorted(json.loads(r["properties"])["by"] for r in stored(server, name)) == ["async", "sync"]
