@@ -163,27 +163,37 @@ def test_pageview_on_load_carries_url_and_path(open_page, setup):
     assert properties["viewport"] and properties["language"] and properties["timezone"]
 
 
-def test_push_state_sends_a_second_pageview(open_page, setup):
+def test_push_state_sends_a_second_pageview_and_back_a_third(open_page, setup):
     _server, site, _rk = setup
     page = open_page()
     aid = loaded(page, site, "/app")
     page.evaluate("history.pushState({}, '', '/app/settings')")
-    page.evaluate("history.replaceState({}, '', '/app/settings')")  # same URL: no third pageview
-    rows = events_of(setup, aid, 2)
-    time.sleep(2.5)  # one batch timer more: a third pageview would have been sent by now
-    rows = events_of(setup, aid, 2)
-    assert [(r["event_name"], r["path"]) for r in rows] == [("$pageview", "/app"), ("$pageview", "/app/settings")]
+    page.evaluate("history.replaceState({}, '', '/app/settings')")  # same URL: no pageview
+    events_of(setup, aid, 2)
+    page.go_back()  # popstate
+    rows = events_of(setup, aid, 3)
+    time.sleep(2.5)  # one batch timer more: a fourth pageview would have been sent by now
+    rows = events_of(setup, aid, 3)
+    assert len(rows) == 3
+    assert [(r["event_name"], r["path"]) for r in rows] == [
+        ("$pageview", "/app"),
+        ("$pageview", "/app/settings"),
+        ("$pageview", "/app"),
+    ]
 
 
-def test_track_with_properties(open_page, setup):
+def test_track_with_properties_and_identify(open_page, setup):
     _server, site, _rk = setup
     page = open_page()
     aid = loaded(page, site, "/cart")
-    page.evaluate("mm.track('checkout', {plan: 'pro', seats: 3}); mm.flush()")
-    rows = events_of(setup, aid, 2)
-    [track] = [r for r in rows if r["event_name"] == "checkout"]
-    assert json.loads(track["properties"]) == {"plan": "pro", "seats": 3}
-    assert track["path"] == "/cart"
+    page.evaluate("mm.track('checkout', {plan: 'pro', seats: 3}); mm.identify('user-7', {tier: 'gold'})")
+    page.evaluate("mm.track('paid'); mm.flush()")
+    rows = events_of(setup, aid, 4)
+    by_name = {r["event_name"]: r for r in rows}
+    assert json.loads(by_name["checkout"]["properties"]) == {"plan": "pro", "seats": 3}
+    assert by_name["checkout"]["path"] == "/cart" and by_name["checkout"]["user_id"] is None
+    assert json.loads(by_name["$identify"]["properties"]) == {"tier": "gold"}
+    assert by_name["$identify"]["user_id"] == by_name["paid"]["user_id"] == "user-7"
 
 
 def test_calls_made_before_load_are_replayed_in_order(open_page, setup):
