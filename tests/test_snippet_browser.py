@@ -8,6 +8,7 @@ import datetime as dt
 import http.server
 import json
 import os
+import re
 import threading
 import time
 from typing import Callable, Iterator
@@ -255,4 +256,19 @@ def test_the_anonymous_id_survives_reloads(open_page, setup):
     assert page.evaluate("mm.getAnonymousId()") == aid
     rows = events_of(setup, aid, 2)
     assert [r["event_name"] for r in rows] == ["$pageview", "$pageview"]
+    assert len({r["event_id"] for r in rows}) == 2
+
+
+def test_without_random_uuid_or_local_storage_it_still_sends(open_page, setup):
+    """Plain-http pages lack crypto.randomUUID; privacy modes and sandboxes make localStorage throw."""
+    _server, site, _rk = setup
+    page = open_page(
+        "Crypto.prototype.randomUUID = undefined;"
+        "Object.defineProperty(window, 'localStorage', {get() { throw new DOMException('denied', 'SecurityError'); }});"
+    )
+    aid = loaded(page, site, "/sandboxed")
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", aid)
+    page.evaluate("mm.track('kept in memory'); mm.flush()")
+    rows = events_of(setup, aid, 2)
+    assert {r["event_name"] for r in rows} == {"$pageview", "kept in memory"}
     assert len({r["event_id"] for r in rows}) == 2
