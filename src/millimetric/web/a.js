@@ -35,12 +35,11 @@
   }
 
   function anonymousId() {
-    var id = stored() || memoryId;
-    if (!id) {
-      id = memoryId = uuid();
-      if (!optedOut) stored(id);
+    if (!memoryId) {
+      memoryId = stored() || uuid();
+      if (!optedOut) stored(memoryId);
     }
-    return id;
+    return memoryId;
   }
 
   function send(batch, leaving) {
@@ -129,7 +128,7 @@
     getAnonymousId: anonymousId,
     setAnonymousId: function (id) {
       memoryId = String(id);
-      stored(memoryId);
+      if (!optedOut) stored(memoryId);
     },
   };
 
