@@ -161,6 +161,23 @@ def test_a_dead_server_never_raises_into_the_caller():
     assert (failed[1].status, failed[1].code, failed[2].code) == (0, "network_error", "client_closed")
 
 
+def test_a_dead_server_never_raises_into_the_async_caller():
+    failed: list[Exception] = []
+
+    async def main() -> None:
+        client = AsyncClient(
+            "sk_live_00000000_x", host=f"http://127.0.0.1:{free_port()}", on_error=lambda e, ev: failed.append(e)
+        )
+        await client.track("lost")
+        await client.identify("a1", "u1")
+        await client.flush()
+        await client.aclose()
+        await client.track("after close")
+
+    asyncio.run(main())
+    assert [(e.status, e.code) for e in failed] == [(0, "network_error"), (0, "client_closed")]
+
+
 def test_the_async_client_batches_and_retries(server, proxy):
     name = f"async-{uuid.uuid4().hex[:8]}"
 
@@ -256,3 +273,19 @@ def test_events_still_queued_at_interpreter_exit_are_sent(server, tmp_path):
     )
     subprocess.run([sys.executable, str(script), server[1], server[0].url, name], check=True, timeout=120)
     assert sorted(json.loads(r["properties"])["by"] for r in stored(server, name)) == ["async", "sync"]
+
+
+def test_aclose_waits_for_the_batch_in_flight(server, proxy):
+    name = f"in-flight-{uuid.uuid4().hex[:8]}"
+    proxy.fail(1, 503)  # the batch is being retried when aclose comes
+
+    async def main() -> None:
+        client = AsyncClient(server[1], host=proxy.url, flush_at=1)
+        await client.track(name)
+        while not proxy.batches():
+            await asyncio.sleep(0.01)
+        await client.aclose()
+
+    asyncio.run(main())
+    assert len(proxy.batches()) == 2
+    assert len(stored(server, name)) == 1

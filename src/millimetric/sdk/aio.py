@@ -68,7 +68,7 @@ class AsyncClient:
             report(self._on_error, exc, [])
 
     async def flush(self) -> None:
-        """Send everything queued now and wait for the answers (including a batch in flight)."""
+        """Send everything queued now and wait for the answers (including the batch in flight)."""
         if self._sending is not None:
             await asyncio.shield(self._sending)
         while self._queue:
@@ -122,10 +122,7 @@ class AsyncClient:
                 continue
             # A task of its own, so that a cancelled loop (aclose) lets the batch in flight finish.
             self._sending = asyncio.ensure_future(deliver_async(self._http, self._take(), self._on_error))
-            try:
-                await asyncio.shield(self._sending)
-            finally:
-                self._sending = None
+            await asyncio.shield(self._sending)  # cancelled (aclose): `flush` awaits the batch instead
 
     def _send_at_exit(self) -> None:
         if not self._queue:
