@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+import types
 import uuid
 from typing import Any, Iterator
 
@@ -21,7 +22,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from millimetric import AsyncClient, Client
-from millimetric.sdk import ASGIMiddleware, DjangoMiddleware, MillimetricError, WSGIMiddleware, visitor_context
+from millimetric.sdk import ASGIMiddleware, MillimetricError, WSGIMiddleware, init_flask, visitor_context
 
 from conftest import ServerProcess, cli_project, free_port
 
@@ -219,7 +220,7 @@ def test_the_asgi_helper_forwards_the_visitor_ip_and_user_agent(server, proxy):
     assert row["country"] == "US"
 
 
-def test_the_wsgi_and_django_helpers_set_the_context(server, proxy):
+def test_the_wsgi_helper_trusts_x_forwarded_for_only_when_told(server, proxy):
     client = Client(server[1], host=proxy.url)
 
     def view(environ: dict, start_response: Any) -> list[bytes]:
@@ -230,21 +231,60 @@ def test_the_wsgi_and_django_helpers_set_the_context(server, proxy):
     environ = {"REMOTE_ADDR": "10.0.0.1", "HTTP_X_FORWARDED_FOR": "203.0.113.7, 10.0.0.1", "HTTP_USER_AGENT": "UA"}
     WSGIMiddleware(view)(environ, lambda *a: None)
     WSGIMiddleware(view, trust_forwarded_for=True)(environ, lambda *a: None)
-
-    class DjangoRequest:
-        META = {"REMOTE_ADDR": "198.51.100.4", "HTTP_USER_AGENT": "UA2"}
-
-    DjangoMiddleware(lambda request: client.track("django"))(DjangoRequest())
     client.track("outside a request")
     client.close()
     contexts = [e.get("context") for batch in proxy.batches() for e in batch]
-    assert contexts == [
-        {"ip": "10.0.0.1", "user_agent": "UA"},
-        {"ip": "203.0.113.7", "user_agent": "UA"},
-        {"ip": "198.51.100.4", "user_agent": "UA2"},
-        None,
-    ]
+    assert contexts == [{"ip": "10.0.0.1", "user_agent": "UA"}, {"ip": "203.0.113.7", "user_agent": "UA"}, None]
     assert visitor_context(None, "") == {}
+
+
+def test_the_flask_helper_forwards_the_visitor(server, proxy):
+    flask = pytest.importorskip("flask")
+    client = Client(server[1], host=proxy.url)
+    app = flask.Flask("shop")
+
+    @app.post("/signup")
+    def signup() -> str:
+        client.track("flask signup")
+        return "ok"
+
+    init_flask(app)
+    response = app.test_client().post(
+        "/signup", headers={"User-Agent": IPHONE}, environ_base={"REMOTE_ADDR": "8.8.4.4"}
+    )
+    assert response.status_code == 200
+    client.close()
+    [[event]] = proxy.batches()
+    assert event["context"] == {"ip": "8.8.4.4", "user_agent": IPHONE}
+
+
+def test_the_django_helper_forwards_the_visitor(server, proxy):
+    pytest.importorskip("django")
+    import django
+    from django.conf import settings
+    from django.http import HttpResponse
+    from django.test import Client as DjangoClient
+    from django.test.utils import override_settings
+    from django.urls import path
+
+    client = Client(server[1], host=proxy.url)
+
+    def signup(request: Any) -> HttpResponse:
+        client.track("django signup")
+        return HttpResponse("ok")
+
+    urls = types.ModuleType("millimetric_test_urls")
+    urls.urlpatterns = [path("signup", signup)]  # type: ignore[attr-defined]
+    sys.modules[urls.__name__] = urls
+    if not settings.configured:
+        settings.configure(ALLOWED_HOSTS=["*"], MIDDLEWARE=["millimetric.sdk.web.DjangoMiddleware"])
+        django.setup()
+    with override_settings(ROOT_URLCONF=urls.__name__, MIDDLEWARE=["millimetric.sdk.web.DjangoMiddleware"]):
+        response = DjangoClient().post("/signup", HTTP_USER_AGENT=IPHONE, REMOTE_ADDR="1.1.1.1")
+    assert response.status_code == 200
+    client.close()
+    [[event]] = proxy.batches()
+    assert event["context"] == {"ip": "1.1.1.1", "user_agent": IPHONE}
 
 
 def test_a_429_is_retried_after_retry_after(server, proxy):
