@@ -14,6 +14,7 @@ local run.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import time
@@ -123,6 +124,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.kill()
 
 
+def _basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
 def _credentials(path: str, method: str, keys: Keys) -> list[dict[str, str]]:
     """Valid credentials for the route: secret or browser key (with its Origin) for ingest,
     secret for forget, read key for reads, any project key for classify, none for the rest."""
@@ -130,6 +135,10 @@ def _credentials(path: str, method: str, keys: Keys) -> list[dict[str, str]]:
         return [{}]
     if path in INGEST:
         return [{"Authorization": f"Bearer {keys.sk}"}, {"Authorization": f"Bearer {keys.pk}", "Origin": ORIGIN}]
+    if path.startswith("/segment/"):  # Segment's write key: the Basic user name
+        return [{"Authorization": _basic(keys.sk)}, {"Authorization": _basic(keys.pk), "Origin": ORIGIN}]
+    if path.startswith("/posthog/"):  # the key is in the body (`api_key`): made up, so mostly 401
+        return [{}]
     if path.startswith("/v1/forget"):
         return [{"Authorization": f"Bearer {keys.sk}"}]
     if path in READ:
