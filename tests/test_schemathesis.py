@@ -154,9 +154,21 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
     if operation.path in READ:
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=dict(live.window)))
+    if operation.path.startswith("/posthog/"):  # the key is in the body: also cases with a real one
+        sk = live.keys.sk
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE).map(lambda case: _with_api_key(case, sk)))
     if operation.path == "/v1/forget/{job_id}" and operation.method.upper() == "GET":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": live.job_id}))
     return st.one_of(strategies)
+
+
+def _with_api_key(case: Any, key: str) -> Any:
+    """A PostHog body (an object, or an array of events) carrying a valid `api_key`."""
+    if isinstance(case.body, dict):
+        case.body = {**case.body, "api_key": key}
+    elif isinstance(case.body, list):
+        case.body = [{**event, "api_key": key} if isinstance(event, dict) else event for event in case.body]
+    return case
 
 
 def _head_bytes(case: Any, base_url: str, headers: dict[str, str]) -> int:
