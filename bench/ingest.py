@@ -753,6 +753,13 @@ def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any], round
         if ratios:
             shown = ", ".join(f"{r:.1%}" for r in ratios)
             print(f"ratio {name}/{base} by round: {shown}; median {statistics.median(ratios):.1%}")
+    for name, base in (("track_ids", "track_noid"), ("batch_ids", "batch_noid")):
+        # server CPU per request (its store process included): what other load disturbs least
+        costs = [r[name]["server_cpu_us_per_request"] / r[base]["server_cpu_us_per_request"] for r in rounds
+                 if name in r and base in r and r[base]["server_cpu_us_per_request"]]
+        if costs:
+            shown = ", ".join(f"{c:.1%}" for c in costs)
+            print(f"server CPU per request {name}/{base} by round: {shown}; median {statistics.median(costs):.1%}")
     noisy = [name for name, f in scenarios.items() if f.get("other_cpu_percent", 0) > 15]
     if noisy:
         print(f"NOTE: other processes loaded the machine during {', '.join(noisy)}: rerun on a quiet machine")

@@ -145,15 +145,22 @@ def test_segment_python_library(live: Live, compressed: bool, root: str) -> None
     assert props(found[f"{run}-alias"]) == {"previousId": "anon-py"}
 
 
-@pytest.mark.skipif(shutil.which("npm") is None or shutil.which("node") is None, reason="Node.js and npm are needed")
-def test_segment_node_library(live: Live) -> None:
-    """@segment/analytics-node (from tests/node, installed with `npm ci`) with its host set."""
+@pytest.fixture(scope="module")
+def node_packages() -> Path:
+    """tests/node with its locked packages installed (`npm ci`, once)."""
+    if shutil.which("npm") is None or shutil.which("node") is None:
+        pytest.skip("Node.js and npm are needed for @segment/analytics-node")
     if not (NODE_DIR / "node_modules" / "@segment" / "analytics-node").exists():
         subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True)
+    return NODE_DIR
+
+
+def test_segment_node_library(live: Live, node_packages: Path) -> None:
+    """@segment/analytics-node (from tests/node, installed with `npm ci`) with its host set."""
     run = uuid.uuid4().hex[:8]
     done = subprocess.run(
         ["node", "segment.mjs", f"{live.server.url}/segment", live.keys.sk, run],
-        cwd=NODE_DIR,
+        cwd=node_packages,
         capture_output=True,
         text=True,
         timeout=60,

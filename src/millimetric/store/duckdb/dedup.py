@@ -85,24 +85,26 @@ class SeenIds:
         now = self._clock()
         oldest = now - _WINDOW_S
         self._expire(oldest)
-        days = list(self._days.values())
         found: list[int] = []
-        batch: set[tuple[str, str]] = set()
+        # Per project (an append rarely holds more than one): its ids so far in this call, and
+        # its id maps of the days in the window.
+        calls: dict[str, tuple[set[str], list[dict[str, float]]]] = {}
         for position, (project, event_id) in enumerate(zip(projects, ids)):
             if event_id is None or project is None:
                 continue
-            pair = (project, event_id)
-            if pair in batch:
+            call = calls.get(project)
+            if call is None:
+                call = calls[project] = (set(), [day[project] for day in self._days.values() if project in day])
+            earlier, days = call
+            if event_id in earlier:
                 found.append(position)
                 continue
-            batch.add(pair)
+            earlier.add(event_id)
             for day in days:
-                seen = day.get(project)
-                if seen is not None:
-                    at = seen.get(event_id)
-                    if at is not None and at >= oldest:
-                        found.append(position)
-                        break
+                at = day.get(event_id)
+                if at is not None and at >= oldest:
+                    found.append(position)
+                    break
         return found
 
     def remember(
@@ -112,12 +114,16 @@ class SeenIds:
         when = self._clock() if at is None else at
         skipped = set(skip)
         day = self._days.setdefault(int(when // _DAY_S), {})
+        current: tuple[str | None, dict[str, float]] = (None, {})
         for position, (project, event_id) in enumerate(zip(projects, ids)):
-            if event_id is not None and project is not None and position not in skipped:
+            if event_id is None or project is None or (skipped and position in skipped):
+                continue
+            if current[0] != project:
                 seen = day.get(project)
                 if seen is None:
                     seen = day[project] = {}
-                seen.setdefault(event_id, when)
+                current = (project, seen)
+            current[1].setdefault(event_id, when)
 
     def _expire(self, oldest: float) -> None:
         for day in [d for d in self._days if (d + 1) * _DAY_S < oldest]:
