@@ -28,6 +28,7 @@ from millimetric.events.queries import (
     TimeRange,
 )
 from millimetric.operations import metrics
+from millimetric.store.dedup import SeenIds
 from millimetric.store.duckdb import dedup, export, migrations, reads, rollup
 from millimetric.store.duckdb.funnel import select_funnel
 from millimetric.store.interface import StoreOverloaded
@@ -124,8 +125,8 @@ class EventDatabase:
         self._quarantine = self.path.with_suffix(".quarantine")
         self._journal = Journal(self.path.with_suffix(".journal"))
         self._replay(flushed)
-        self._seen = dedup.SeenIds()
-        loaded = self._seen.rebuild(self._db)
+        self._seen = SeenIds()
+        loaded = dedup.rebuild(self._seen, self._db)
         if loaded:
             log.info("de-duplication: %d event ids seen within the window", loaded)
         self._folder = self._db.cursor()
