@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from clickhouse_standin import StandInProcess
-from millimetric.store.control import ControlPlane
+from millimetric.store.control import ControlPlane, ProjectChanges
 
 from conftest import POSTGRES_ADMIN_URL, REAL_CLICKHOUSE_URL, Keys, ServerProcess, bearer, cli, free_port
 
@@ -234,7 +234,9 @@ def test_a_forget_sent_through_one_node_is_seen_from_the_other(cluster: Cluster)
 
 def test_the_rate_limit_budget_is_shared_across_nodes(cluster: Cluster) -> None:
     control = ControlPlane(cluster.env["MILLIMETRIC_DATABASE_URL"], PEPPER)
-    control.set_rate_limit(cluster.keys.project_id, "/v1/track", {"rate": 0.01, "burst": 4})
+    control.update_project(
+        cluster.keys.project_id, ProjectChanges(rate_limits={"/v1/track": {"rate": 0.01, "burst": 4}})
+    )
     env = {"MILLIMETRIC_RATE_LIMITS": "on"}
     a, b = cluster.start("a", env), cluster.start("b", env)
     statuses = [
