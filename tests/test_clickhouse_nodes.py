@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit
@@ -23,7 +24,7 @@ import redis
 from clickhouse_standin import StandInProcess
 from millimetric.store.control import ControlPlane, ProjectChanges
 
-from conftest import POSTGRES_ADMIN_URL, REAL_CLICKHOUSE_URL, Keys, ServerProcess, bearer, cli
+from conftest import POSTGRES_ADMIN_URL, REAL_CLICKHOUSE_URL, Keys, ServerProcess, bearer, cli, free_port
 
 pytestmark = [
     pytest.mark.slow,
@@ -257,3 +258,44 @@ def test_the_spool_limit_answers_503_overloaded(cluster: Cluster) -> None:
     cluster.clickhouse.start()
     cluster.wait_stored(sender.acknowledged)
     wait_for(lambda: sender.send(a) == 202, "accepting again")
+
+
+def test_the_same_ids_through_both_nodes_at_once_are_stored_once(cluster: Cluster) -> None:
+    """De-duplication across nodes: the claim in the shared Redis decides, whichever node wins."""
+    a, b = cluster.start("a"), cluster.start("b")
+    ids = [f"twice-{i}" for i in range(8)]
+    body = {"events": [{"event": "x", "event_id": event_id, "anonymous_id": "v"} for event_id in ids]}
+    requests = 24
+
+    def send(n: int) -> dict:
+        node = (a, b)[n % 2]
+        answer = httpx.post(f"{node.url}/v1/batch", json=body, headers=bearer(cluster.keys.sk), timeout=30)
+        assert answer.status_code == 202, answer.text
+        return answer.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(send, range(requests)))
+    assert sum(answer.get("duplicates", 0) for answer in answers) == len(ids) * (requests - 1)
+    # A repeat within one batch is a duplicate too, and /v1/track says so on either node.
+    again = httpx.post(
+        f"{b.url}/v1/batch",
+        json={"events": [{"event": "x", "event_id": "fresh"}, {"event": "x", "event_id": "fresh"}]},
+        headers=bearer(cluster.keys.sk),
+    )
+    assert again.json() == {"ok": True, "count": 2, "duplicates": 1}, again.text
+    repeat = httpx.post(f"{a.url}/v1/track", json={"event": "x", "event_id": "fresh"}, headers=bearer(cluster.keys.sk))
+    assert repeat.json() == {"ok": True, "event_id": "fresh", "duplicate": True}, repeat.text
+    cluster.wait_stored([*ids, "fresh"])
+
+
+def test_with_redis_unreachable_events_with_an_id_are_refused_not_doubled(cluster: Cluster) -> None:
+    """Without its claims the node cannot decide: 503, retry later; events without an id go in."""
+    a = cluster.start("a", {"MILLIMETRIC_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    with_id = httpx.post(
+        f"{a.url}/v1/batch", json={"events": [{"event": "x", "event_id": "kept-out"}]}, headers=bearer(cluster.keys.sk)
+    )
+    assert (with_id.status_code, with_id.json()["error"]) == (503, "overloaded"), with_id.text
+    without = httpx.post(f"{a.url}/v1/track", json={"event": "x"}, headers=bearer(cluster.keys.sk))
+    assert without.status_code == 202, without.text
+    wait_for(lambda: count_from(a, cluster.keys) == 1, "the event without an id")
+    assert cluster.stored_ids() == [None]

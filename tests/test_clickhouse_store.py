@@ -7,19 +7,23 @@ import asyncio
 import datetime as dt
 import shutil
 import threading
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+import redis
 
 from millimetric.events.model import EventRow
 from millimetric.events.queries import Filters, RowsPlan, StatsPlan, TimeRange
 from millimetric.store.clickhouse.store import ClickHouseEventStore
-from millimetric.store.interface import StoreError, StoreOverloaded
+from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
 
 from conftest import NEEDS_REAL_CLICKHOUSE, REAL_CLICKHOUSE_URL
 
 pytestmark = pytest.mark.slow  # a ClickHouse (stand-in) process and shipping waits
 UNREACHABLE = "http://127.0.0.1:1/nowhere"
+REDIS_URL = "redis://127.0.0.1:6379/0"
 EVERYTHING = TimeRange(dt.datetime(2000, 1, 1), dt.datetime(2100, 1, 1))
 
 
@@ -31,15 +35,26 @@ def events(n: int, start: int = 0) -> list[EventRow]:
     ]
 
 
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The Redis the nodes share (its de-duplication claims), under a prefix of this test's own."""
+    prefix = f"mm-chstore-{uuid.uuid4().hex[:8]}:"
+    yield {"redis_url": REDIS_URL, "redis_prefix": prefix}
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
 def count(store: ClickHouseEventStore) -> int:
     plan = StatsPlan(EVERYTHING, Filters(), "count", (), None, "UTC", 10)
     return store.stats("p", plan)[0][-1]
 
 
 def test_a_node_accepts_while_clickhouse_is_down_and_ships_when_it_is_back(
-    tmp_path: Path, clickhouse_database: str
+    tmp_path: Path, clickhouse_database: str, shared: dict[str, str]
 ) -> None:
-    offline = ClickHouseEventStore(UNREACHABLE, tmp_path / "spool", 1 << 20)
+    offline = ClickHouseEventStore(UNREACHABLE, tmp_path / "spool", 1 << 20, **shared)
     asyncio.run(offline.append(events(500)))
     with pytest.raises(StoreError, match="ClickHouse at http://127.0.0.1:1/nowhere is unreachable"):
         offline.ping()
@@ -62,13 +77,45 @@ def test_a_node_accepts_while_clickhouse_is_down_and_ships_when_it_is_back(
     again.close()
 
 
-def test_the_spool_refuses_past_its_limit(tmp_path: Path) -> None:
-    store = ClickHouseEventStore(UNREACHABLE, tmp_path / "spool", 20_000)
+def test_the_spool_refuses_past_its_limit(tmp_path: Path, shared: dict[str, str]) -> None:
+    store = ClickHouseEventStore(UNREACHABLE, tmp_path / "spool", 20_000, **shared)
     with pytest.raises(StoreOverloaded, match="the spool holds"):
-        for _ in range(100):
-            asyncio.run(store.append(events(50)))
+        for n in range(100):
+            asyncio.run(store.append(events(50, start=50 * n)))
     assert 0 < store.status()["unflushed_bytes"] <= 20_000
     store.close(stall_seconds=0.1)
+
+
+def test_without_redis_events_with_an_id_wait_for_clickhouse(tmp_path: Path, clickhouse_database: str) -> None:
+    """Alone (no Redis), a node decides duplicates from ids it loads from ClickHouse: until it
+    could, events with an id are refused (503), those without are accepted."""
+    offline = ClickHouseEventStore(UNREACHABLE, tmp_path / "spool", 1 << 20)
+    with pytest.raises(StoreTimeout, match="wait for ClickHouse"):
+        asyncio.run(offline.append(events(3)))
+    assert asyncio.run(offline.append([EventRow("p", dt.datetime(2026, 3, 1), "e")] * 2)) == []
+    assert offline.status()["unflushed_events"] == 2
+    offline.close(stall_seconds=0.1)
+    store = ClickHouseEventStore(clickhouse_database, tmp_path / "spool", 1 << 20)
+    assert asyncio.run(store.append(events(3) + events(2))) == [3, 4]
+    assert asyncio.run(store.append(events(4))) == [0, 1, 2]
+    assert count(store) == 6
+    store.close()
+
+
+def test_a_failed_spool_write_releases_its_claims(tmp_path: Path, shared: dict[str, str]) -> None:
+    """A refused append leaves no claim behind: its retry is stored, not taken for a duplicate."""
+    store = ClickHouseEventStore(UNREACHABLE, tmp_path / "spool", 20_000, **shared)
+    taken = 0
+    with pytest.raises(StoreOverloaded):
+        while True:
+            asyncio.run(store.append(events(50, start=taken)))
+            taken += 50
+    refused = events(50, start=taken)
+    other = ClickHouseEventStore(UNREACHABLE, tmp_path / "other", 1 << 20, **shared)
+    assert asyncio.run(other.append(refused)) == []  # none of them was claimed
+    assert asyncio.run(other.append(events(50, start=taken - 50))) == list(range(50))  # accepted before: claimed
+    for each in (store, other):
+        each.close(stall_seconds=0.1)
 
 
 def test_each_process_claims_a_spool_of_its_own(tmp_path: Path) -> None:

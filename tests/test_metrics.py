@@ -11,6 +11,8 @@ import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from millimetric.store.control import ProjectChanges
+
 from conftest import Keys, bearer, cli_project
 
 TOKEN = "metrics-token-for-tests"
@@ -64,7 +66,9 @@ def test_in_one_process_requests_events_and_stores_are_counted(client: TestClien
 def test_rate_limited_requests_are_counted(client: TestClient, keys: Keys) -> None:
     before = _sample(client.get("/metrics").text, "millimetric_rate_limited_requests_total", route="/v1/track")
     services = client.app.state.services
-    services.control.set_rate_limit(keys.project_id, "/v1/track", {"rate": 0.001, "burst": 1})
+    services.control.update_project(
+        keys.project_id, ProjectChanges(rate_limits={"/v1/track": {"rate": 0.001, "burst": 1}})
+    )
     services.keys.invalidate()
     statuses = [
         client.post("/v1/track", json={"event": "e", "anonymous_id": "a"}, headers=bearer(keys.sk)).status_code

@@ -238,9 +238,10 @@ def store(stores: Stores):
     return stores.open()
 
 
-def append(store, ref: ReferenceStore, rows: Sequence[EventRow]) -> None:
-    asyncio.run(store.append(list(rows)))
-    ref.append(rows)
+def append(store, ref: ReferenceStore, rows: Sequence[EventRow]) -> list[int]:
+    duplicates = asyncio.run(store.append(list(rows)))
+    assert duplicates == ref.append(rows), "the store and the reference disagree on duplicates"
+    return duplicates
 
 
 def loaded(store) -> ReferenceStore:
@@ -810,3 +811,24 @@ def test_export_holds_every_stored_column(store) -> None:
     assert [row["timestamp"] for row in got] == sorted(row["timestamp"] for row in want)
     key = lambda row: sorted((k, str(v)) for k, v in row.items())  # noqa: E731
     assert sorted(map(key, got)) == sorted(map(key, want))
+
+
+def test_an_event_id_is_stored_once_per_project(stores: Stores, store) -> None:
+    """De-duplication: a (project_id, event_id) already stored, or repeated within one append, is
+    left out and its position returned; rows without an id are never merged; it survives a reopen."""
+    ref = ReferenceStore()
+    when = D(2024, 10, 1)
+
+    def rows(project: str, *ids: str | None) -> list[EventRow]:
+        return [EventRow(project, when + dt.timedelta(seconds=n), "x", event_id=i) for n, i in enumerate(ids)]
+
+    assert append(store, ref, rows(MAIN, "a", "b", "a", None, None)) == [2]
+    assert append(store, ref, rows(MAIN, "b", "c", None)) == [0]
+    assert append(store, ref, rows(OTHER, "a", "b")) == []  # ids are per project
+    assert append(store, ref, rows(MAIN, "a", "b", "c")) == [0, 1, 2]  # nothing new: nothing stored
+    store = stores.reopen(store)
+    assert append(store, ref, rows(MAIN, "c", "d", "a")) == [0, 2]
+    for project in (MAIN, OTHER):
+        assert_walk(store, ref, project, EVERYTHING, Filters(), limit=BIG)
+    stored_ids = [row[1] for page in walk(store, MAIN, RowsPlan(EVERYTHING, Filters(), BIG)) for row in page.rows]
+    assert sorted(stored_ids, key=str) == sorted(["a", "b", "c", "d", None, None, None], key=str)

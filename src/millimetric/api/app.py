@@ -16,12 +16,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import admin, classify, dashboard, docs, forget, health, ingest, metrics, read
+from millimetric.api import admin, classify, dashboard, docs, forget, health, ingest, metrics, read, snippet
 from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.auth.guard import CHANGES_POLL_SECONDS
+from millimetric.compat import posthog, segment
+from millimetric.compat.body import is_basic
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
 from millimetric.mcp.http import McpHttp
@@ -35,9 +37,18 @@ log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
 T = TypeVar("T")
 
+
+async def _batch(request: Request) -> Response:
+    """Segment's libraries post to `{host}/v1/batch` with Basic credentials: with this server's
+    root as their host, that is Segment's batch, not ours (which takes only Bearer keys)."""
+    if is_basic(request.headers.get("authorization")):
+        return await segment.batch(request)
+    return await ingest.batch(request)
+
+
 ROUTES = [
     Route("/v1/track", ingest.track, methods=["POST"]),
-    Route("/v1/batch", ingest.batch, methods=["POST"]),
+    Route("/v1/batch", _batch, methods=["POST"]),
     Route("/v1/identify", ingest.identify, methods=["POST"]),
     Route("/v1/forget", forget.forget, methods=["POST"]),
     Route("/v1/forget/{job_id}", forget.forget_status, methods=["GET"]),
@@ -62,6 +73,15 @@ ROUTES = [
     Route("/", dashboard.index, methods=["GET"]),
     Route("/assets/{name}", dashboard.asset, methods=["GET"]),
     Route("/metrics", metrics.metrics_text, methods=["GET"]),
+    Route("/v1/a.js", snippet.a_js, methods=["GET"]),
+    Route("/segment/v1/batch", segment.batch, methods=["POST"]),
+    *(
+        Route(f"/segment/v1/{call.__name__}", call, methods=["POST"])
+        for call in (segment.track, segment.page, segment.screen, segment.identify, segment.group, segment.alias)
+    ),
+    Route("/posthog/batch/", posthog.batch, methods=["POST"]),
+    Route("/posthog/capture/", posthog.capture, methods=["POST"]),
+    Route("/posthog/e/", posthog.e, methods=["POST"]),
 ]
 
 

@@ -82,6 +82,11 @@ def _supervise(settings: Settings) -> int:
         log.warning(
             "rate limits are kept per worker (%d workers): set MILLIMETRIC_REDIS_URL to share them", settings.workers
         )
+    if settings.clickhouse_url and not settings.redis_url:
+        log.warning(
+            "event ids are de-duplicated per worker (%d workers, ClickHouse): set MILLIMETRIC_REDIS_URL to share",
+            settings.workers,
+        )
     store = start_shared_store(settings)
     listener = _config(None, settings).bind_socket()
     workers = []

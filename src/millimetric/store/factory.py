@@ -55,7 +55,13 @@ def _open_clickhouse(settings: Settings) -> EventStore:
     from millimetric.store.clickhouse.store import ClickHouseEventStore
 
     assert settings.clickhouse_url
-    return ClickHouseEventStore(settings.clickhouse_url, settings.data_dir / SPOOL_DIR, settings.spool_max_bytes)
+    return ClickHouseEventStore(
+        settings.clickhouse_url,
+        settings.data_dir / SPOOL_DIR,
+        settings.spool_max_bytes,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+    )
 
 
 def open_event_store(settings: Settings, shared: object | None = None, attach: bool = False) -> EventStore:

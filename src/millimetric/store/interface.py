@@ -32,6 +32,9 @@ from millimetric.events.queries import (
 EXPORT_SCHEMA = pa.schema([(name, pa.timestamp("us") if name == "timestamp" else pa.string()) for name in COLUMNS])
 EXPORT_BATCH_ROWS = 50_000
 
+# How long an event id keeps a repeat of it out of the store.
+DEDUP_WINDOW = dt.timedelta(days=7)
+
 
 class StoreError(RuntimeError):
     """The store refused an operation or cannot be reached (the API answers 502)."""
@@ -49,8 +52,13 @@ class EventStore(Protocol):
     """Blocking calls, except `append`: call them off the event loop. Each has a timeout and
     raises `StoreError` (or a subclass) instead of hanging."""
 
-    async def append(self, rows: Sequence[EventRow]) -> None:
-        """Return once every row is durable (a crash after it loses none). One call at a time."""
+    async def append(self, rows: Sequence[EventRow]) -> list[int]:
+        """Return once every row is durable (a crash after it loses none). One call at a time.
+
+        De-duplication: a row whose (project_id, event_id) the store accepted within the last
+        `DEDUP_WINDOW` (from any process, across restarts), or that repeats an earlier row of
+        the same call, is not stored; the positions of such rows in `rows` are returned (in
+        order; empty when every row was stored). Rows without an event id are always stored."""
 
     def rows(self, project_id: str, plan: RowsPlan) -> RowsPage:
         """Raw rows newest first, `plan.limit` at most, after `plan.after` when set."""

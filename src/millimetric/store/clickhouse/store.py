@@ -42,7 +42,7 @@ from millimetric.events.queries import (
     TimeRange,
 )
 from millimetric.operations import metrics
-from millimetric.store.clickhouse import funnel, reads, schema
+from millimetric.store.clickhouse import dedup, funnel, reads, schema
 from millimetric.store.clickhouse.spool import ShipState, Spool, claim
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
 from millimetric.store.journal import Frame
@@ -123,7 +123,15 @@ _LOW_CARDINALITY = {
 
 
 class ClickHouseEventStore:
-    def __init__(self, url: str, spool_root: Path, spool_max_bytes: int, timeouts: Timeouts = Timeouts()) -> None:
+    def __init__(
+        self,
+        url: str,
+        spool_root: Path,
+        spool_max_bytes: int,
+        timeouts: Timeouts = Timeouts(),
+        redis_url: str | None = None,
+        redis_prefix: str = "",
+    ) -> None:
         self.target = Target.parse(url)
         self._timeouts = timeouts
         self._max_bytes = spool_max_bytes
@@ -154,6 +162,11 @@ class ClickHouseEventStore:
             )
             self._queue(frames)
         self._files = self._spool.journal.take_closed()
+        self._dedup: dedup.Deduplicator = (
+            dedup.RedisClaims(redis_url, redis_prefix, self._spool.node)
+            if redis_url
+            else dedup.SeenOnThisNode(self._read, self._pending_frames)
+        )
         self._shipper = threading.Thread(target=self._ship_loop, name="millimetric-clickhouse-shipper", daemon=True)
         self._shipper.start()
 
@@ -228,10 +241,22 @@ class ClickHouseEventStore:
         return self._query("read", self._timeouts.read, sql, params)
 
     # writes ---------------------------------------------------------------------------------
-    async def append(self, rows: Sequence[EventRow]) -> None:
-        if rows:
-            payload = encode_rows(list(rows))
-            await asyncio.to_thread(self._spool_frame, payload, len(rows))
+    async def append(self, rows: Sequence[EventRow]) -> list[int]:
+        return await asyncio.to_thread(self._admit, list(rows)) if rows else []
+
+    def _admit(self, rows: list[EventRow]) -> list[int]:
+        """Spool the rows that are no duplicates (`dedup`); returns the positions of the others."""
+        with self._dedup.admit(rows) as duplicates:
+            if duplicates:
+                skipped = set(duplicates)
+                rows = [row for position, row in enumerate(rows) if position not in skipped]
+            if rows:
+                self._spool_frame(encode_rows(rows), len(rows))
+        return duplicates
+
+    def _pending_frames(self) -> list[Frame]:
+        with self._cond:
+            return list(self._pending)
 
     def _spool_frame(self, payload: bytes, count: int) -> None:
         """Durable on return: the rows are in this node's spool."""
@@ -521,4 +546,5 @@ class ClickHouseEventStore:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+        self._dedup.close()
         os.close(self._lock_fd)
