@@ -11,6 +11,10 @@ What it does, in order:
    - track: POST /v1/track with a ~400-byte event (name, url with utm params, referrer,
             anonymous_id, properties),
    - batch: POST /v1/batch with --batch-size (100) such events;
+   - with --dedup, de-duplication on against off, in the same run (bench/lua/post_unique.lua makes
+     a 12-character token unique per event and request in both): track_ids / batch_ids send the
+     token as each event's `event_id` (the store checks and remembers every id), track_noid /
+     batch_noid send it in a top-level field the server ignores (same bytes, no id);
    The scenario list runs --rounds times (default 3): the VM's speed drifts within minutes, so each
    scenario's figures are its median round, and the track/bare-route ratio is the median of the
    ratios measured within each round;
@@ -36,12 +40,14 @@ time goes, not as the benchmark result.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import datetime as dt
 import json
 import os
 import platform
 import random
+import re
 import resource
 import shutil
 import signal
@@ -72,6 +78,10 @@ TARGET_BATCH_EVENTS_PER_S = 100_000
 TARGET_TRACK_P99_MS = 25.0
 
 TARGET_ENRICHED_VS_PLAIN = 0.80  # enrichment costs at most 20% of /v1/track requests/s
+TARGET_IDS_VS_NOID = 0.90  # de-duplication by event id costs at most 10% of requests/s
+UNIQUE_LUA_SCRIPT = ROOT / "bench" / "lua" / "post_unique.lua"
+PLACEHOLDER = "@" * 12  # made unique per event by post_unique.lua
+DEDUP_SCENARIOS = "track_noid,track_ids,batch_noid,batch_ids"
 
 SCENARIOS = {
     # name: (path, events per request, server settings beyond --server-env)
@@ -79,6 +89,18 @@ SCENARIOS = {
     "track": ("/v1/track", 1, {}),
     "track_plain": ("/v1/track", 1, {"MILLIMETRIC_ENRICH": "off"}),  # the same, enrichment off
     "batch": ("/v1/batch", None, {}),  # --batch-size
+    # --dedup: unique event ids (de-duplication at work) against the same bytes without ids
+    "track_noid": ("/v1/track", 1, {}),
+    "track_ids": ("/v1/track", 1, {}),
+    "batch_noid": ("/v1/batch", None, {}),
+    "batch_ids": ("/v1/batch", None, {}),
+}
+# Scenario -> its bodies (and the field its unique token goes in), for those that need their own.
+UNIQUE_BODIES = {
+    "track_noid": ("track", "event_ix"),
+    "track_ids": ("track", "event_id"),
+    "batch_noid": ("batch", "event_ix"),
+    "batch_ids": ("batch", "event_id"),
 }
 
 
@@ -114,15 +136,18 @@ def track_event(rng: random.Random) -> dict[str, Any]:
     }
 
 
-def write_bodies(path: Path, count: int, events_per_body: int | None, seed: int) -> int:
-    """`count` distinct bodies, one per line; returns the mean body size in bytes."""
+def write_bodies(path: Path, count: int, events_per_body: int | None, seed: int, token_field: str | None = None) -> int:
+    """`count` distinct bodies, one per line; returns the mean body size in bytes. `token_field`:
+    each event gets that field set to PLACEHOLDER (post_unique.lua makes it unique)."""
     rng = random.Random(seed)
     sizes = []
+
+    def event() -> dict[str, Any]:
+        return {token_field: PLACEHOLDER, **track_event(rng)} if token_field else track_event(rng)
+
     with path.open("w") as f:
         for _ in range(count):
-            doc = track_event(rng) if events_per_body is None else {
-                "events": [track_event(rng) for _ in range(events_per_body)]
-            }
+            doc = event() if events_per_body is None else {"events": [event() for _ in range(events_per_body)]}
             line = json.dumps(doc, separators=(",", ":"))
             sizes.append(len(line.encode()))
             f.write(line + "\n")
@@ -300,10 +325,13 @@ def cpu_delta(before: dict[str, float], after: dict[str, float], seconds: float)
 
 
 # wrk ----------------------------------------------------------------------------------------------
-def run_wrk(args: argparse.Namespace, url: str, token: str, bodies: Path, seconds: float) -> dict[str, Any]:
+def run_wrk(args: argparse.Namespace, url: str, token: str, bodies: Path, seconds: float,
+            unique: bool = False) -> dict[str, Any]:
+    """`unique`: post_unique.lua, with a run tag of its own (no token repeats one of another run)."""
+    script, extra = (UNIQUE_LUA_SCRIPT, ["".join(random.choices(string.ascii_lowercase, k=4))]) if unique else (LUA_SCRIPT, [])
     cmd = [
         args.wrk, f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds:g}s", "--timeout", f"{args.timeout:g}s",
-        "-s", str(LUA_SCRIPT), url, "--", token, str(bodies),
+        "-s", str(script), url, "--", token, str(bodies), *extra,
     ]
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -421,7 +449,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=100, help="events per /v1/batch request (default 100)")
     p.add_argument("--bodies", type=int, default=256,
                    help="distinct bodies per scenario, cycled by wrk (default 256; 1 = one fixed body)")
-    p.add_argument("--scenarios", default="noop,track,track_plain,batch", help="comma list, run in this order")
+    p.add_argument("--scenarios", default=None,
+                   help="comma list, run in this order (default noop,track,track_plain,batch)")
+    p.add_argument("--dedup", action="store_true",
+                   help=f"de-duplication on against off: the scenarios {DEDUP_SCENARIOS} (unless --scenarios is given)")
     p.add_argument("--rounds", type=int, default=3,
                    help="run the scenario list this many times; figures are each scenario's median round and "
                         "the track/bare ratio is the median of the rounds' ratios (default 3: the VM drifts)")
@@ -442,8 +473,21 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--py-spy", default=None, help="path to py-spy (default: PATH, then the venv)")
     p.add_argument("--wrk", default="wrk", help="path to wrk (default: wrk on PATH)")
     p.add_argument("--results", type=Path, default=RESULTS_DIR, help="directory for the JSON results")
+    p.add_argument("--clickhouse", metavar="URL",
+                   help="also run track and batch on a node over ClickHouse at URL (http://user:pass@host:8123, or "
+                        "'standin' for the test stand-in), and time a spool drain into it")
+    p.add_argument("--drain-events", type=int, default=1_000_000, help="events in the spool drain (default 1M)")
     args = p.parse_args()
+    if args.scenarios is None:
+        args.scenarios = DEDUP_SCENARIOS if args.dedup else "noop,track,track_plain,batch"
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    if args.clickhouse:
+        args.clickhouse_base = clickhouse_server(args.clickhouse)
+        database = f"bench_ingest_{os.getpid()}"
+        ch_env = {"MILLIMETRIC_CLICKHOUSE_URL": f"{args.clickhouse_base}/{database}"}
+        SCENARIOS["track_clickhouse"] = ("/v1/track", 1, ch_env)
+        SCENARIOS["batch_clickhouse"] = ("/v1/batch", None, ch_env)
+        args.scenarios += [name for name in ("track_clickhouse", "batch_clickhouse") if name.split("_")[0] in args.scenarios]
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         p.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
@@ -481,6 +525,11 @@ def main() -> int:
     batch_size = write_bodies(bodies["batch"], max(1, min(args.bodies, 64)), args.batch_size, seed=2)
     results["body_bytes"] = {"track": track_size, "batch": batch_size}
     print(f"bodies: track ~{track_size} B, batch of {args.batch_size} ~{batch_size} B")
+    for name in (n for n in args.scenarios if n in UNIQUE_BODIES):
+        kind, field = UNIQUE_BODIES[name]
+        bodies[name] = work / f"{name}.jsonl"
+        count, per_body = (max(1, args.bodies), None) if kind == "track" else (max(1, min(args.bodies, 64)), args.batch_size)
+        results["body_bytes"][name] = write_bodies(bodies[name], count, per_body, 1 if kind == "track" else 2, field)
 
     extra_env = {"MILLIMETRIC_WORKERS": str(args.workers), **dict(item.split("=", 1) for item in args.server_env)}
     servers: dict[tuple, tuple[Server, str]] = {}  # one server (and sk_ key) per distinct settings
@@ -488,7 +537,7 @@ def main() -> int:
     def server_for(scenario_env: dict[str, str]) -> tuple[Server, str]:
         key = tuple(sorted(scenario_env.items()))
         if key not in servers:
-            name = "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(f"{k.removeprefix('MILLIMETRIC_').lower()}-{v}" for k, v in key))
             own_dir = data_dir if not key else work / f"data-{name}"
             token = create_project(own_dir)["keys"]["sk"]
             started = Server(own_dir, work / f"server{'-' + name if key else ''}.log", {**extra_env, **scenario_env})
@@ -509,11 +558,12 @@ def main() -> int:
             per_request = args.batch_size if per_request is None else per_request
             server, token = server_for(scenario_env)
             url = server.url + path
-            body_file = bodies["batch" if name == "batch" else "track"]
+            body_file = bodies[name] if name in UNIQUE_BODIES else bodies["batch" if name == "batch" else "track"]
+            unique = name in UNIQUE_BODIES
             quiet_before = wait_until_quiet(server.proc.pid, args.quiet_threshold, args.quiet_wait)
             counted = server.data_dir == data_dir  # storage figures are for the main server
             if args.warmup > 0:
-                warm = run_wrk(args, url, token, body_file, args.warmup)
+                warm = run_wrk(args, url, token, body_file, args.warmup, unique)
                 accepted_events += (warm["requests"] - warm["errors"]["status"]) * per_request * counted
                 time.sleep(args.pause)
             profiler = None
@@ -524,7 +574,7 @@ def main() -> int:
                 time.sleep(0.5)  # let py-spy attach before the load starts
             busy_before = machine_busy()
             cpu_before, t0 = thread_cpu(server.proc.pid), time.monotonic()
-            run = run_wrk(args, url, token, body_file, args.duration)
+            run = run_wrk(args, url, token, body_file, args.duration, unique)
             cpu_after, elapsed = thread_cpu(server.proc.pid), time.monotonic() - t0
             busy = 100 * (machine_busy() - busy_before) / elapsed
             seconds = run["duration_us"] / 1e6
@@ -596,6 +646,8 @@ def main() -> int:
 
     results["targets"] = targets(results["scenarios"], rounds)
     print_targets(results["targets"], results["scenarios"], rounds)
+    if args.clickhouse:
+        results["clickhouse"] = clickhouse_figures(args, rounds, work)
 
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"ingest-{stamp}.json"
@@ -691,11 +743,81 @@ def targets(scenarios: dict[str, Any], rounds: list[dict[str, Any]]) -> list[dic
         ratio = statistics.median(paired_ratios(rounds, "track", "noop") or [0.0])
         out.append({"target": f"/v1/track >= {TARGET_TRACK_VS_NOOP:.0%} of /bench/noop requests/s",
                     "value": round(ratio, 3), "met": ratio >= TARGET_TRACK_VS_NOOP})
+    for kind in ("track", "batch"):
+        if f"{kind}_ids" in scenarios and f"{kind}_noid" in scenarios:
+            ratio = statistics.median(paired_ratios(rounds, f"{kind}_ids", f"{kind}_noid") or [0.0])
+            out.append({"target": f"/v1/{kind} with event ids (de-duplication) >= {TARGET_IDS_VS_NOID:.0%} of without",
+                        "value": round(ratio, 3), "met": ratio >= TARGET_IDS_VS_NOID})
+            ids = scenarios[f"{kind}_ids"]
+            out.append({"target": f"/v1/{kind} with event ids all 2xx", "value": ids["non_2xx"], "met": ids["non_2xx"] == 0})
     if batch:
         out.append({"target": f"/v1/batch >= {TARGET_BATCH_EVENTS_PER_S:,} events/s",
                     "value": batch["events_per_s"], "met": batch["events_per_s"] >= TARGET_BATCH_EVENTS_PER_S})
         out.append({"target": "/v1/batch all 2xx", "value": batch["non_2xx"], "met": batch["non_2xx"] == 0})
     return out
+
+
+def clickhouse_server(target: str) -> str:
+    """The base URL for `--clickhouse` (a stand-in started for this run, stopped at exit)."""
+    if target != "standin":
+        return target.rstrip("/")
+    sys.path.insert(0, str(ROOT / "tests"))
+    from clickhouse_standin import StandInProcess
+
+    work = Path(tempfile.mkdtemp(prefix="millimetric-standin-"))
+    standin = StandInProcess(work / "standin", max_threads=0).start()
+    atexit.register(standin.stop)  # however the run ends
+    return standin.url
+
+
+def clickhouse_figures(args: argparse.Namespace, rounds: list[dict[str, Any]], work: Path) -> dict[str, Any]:
+    """Track and batch over ClickHouse as a ratio to the embedded store (paired within each round),
+    and the rate at which a node's spool drains into ClickHouse."""
+    out: dict[str, Any] = {}
+    for name in ("track", "batch"):
+        ratios = paired_ratios(rounds, f"{name}_clickhouse", name)
+        if ratios:
+            out[f"{name}_ratio"] = round(statistics.median(ratios), 3)
+            print(f"clickhouse: {name} requests/s as a ratio to the embedded store by round: "
+                  f"{', '.join(f'{r:.1%}' for r in ratios)}; median {statistics.median(ratios):.1%}")
+    out["drain"] = spool_drain(args.clickhouse_base, work / "drain", args.drain_events)
+    d = out["drain"]
+    print(f"clickhouse: spool drain of {d['events']:,} events in {d['seconds']} s: {d['events_per_s']:,} events/s "
+          f"(goal >= 100,000 into the stand-in: {'met' if d['events_per_s'] >= 100_000 else 'MISSED'}); "
+          f"spooling them took {d['spool_seconds']} s")
+    return out
+
+
+def spool_drain(base: str, work: Path, count: int) -> dict[str, Any]:
+    """Spool `count` events while ClickHouse is unreachable, then time a node (a new store on the
+    same spool) shipping all of them."""
+    import asyncio
+
+    from millimetric.events.model import EventRow
+    from millimetric.store.clickhouse.store import ClickHouseEventStore
+
+    rng = random.Random(3)
+    now = dt.datetime(2026, 1, 1)
+    rows = [EventRow(project_id="bench", timestamp=now + dt.timedelta(milliseconds=i), event_name=rng.choice(_EVENTS),
+                     anonymous_id=f"v{rng.randrange(100_000)}", source="google", medium="organic",
+                     path=rng.choice(_PAGES), country="DE", device_type="desktop", browser="Chrome", os="Linux",
+                     ip_hash=f"{rng.getrandbits(64):016x}", properties='{"plan":"pro"}') for i in range(10_000)]
+    spool = work / "spool"
+    offline = ClickHouseEventStore("http://127.0.0.1:1/bench_drain", spool, 1 << 40)
+    started = time.perf_counter()
+    for _ in range(count // len(rows)):
+        asyncio.run(offline.append(rows))
+    spool_seconds = time.perf_counter() - started
+    offline.close(stall_seconds=0.1)
+    database = f"bench_drain_{os.getpid()}"
+    started = time.perf_counter()
+    store = ClickHouseEventStore(f"{base}/{database}", spool, 1 << 40)
+    assert store.sync(3600), "the spool did not drain"
+    seconds = time.perf_counter() - started
+    store.close()
+    shipped = count // len(rows) * len(rows)
+    return {"events": shipped, "seconds": round(seconds, 2), "events_per_s": round(shipped / seconds),
+            "spool_seconds": round(spool_seconds, 2), "includes": "connect and schema creation"}
 
 
 def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any], rounds: list[dict[str, Any]]) -> None:
@@ -704,11 +826,18 @@ def print_targets(checks: list[dict[str, Any]], scenarios: dict[str, Any], round
         for name in scenarios:
             rates = ", ".join(f"{r[name]['requests_per_s']:,.0f}" for r in rounds if name in r)
             print(f"  {name:>11} requests/s by round: {rates}")
-    for name, base in (("track", "noop"), ("track", "track_plain")):
+    for name, base in (("track", "noop"), ("track", "track_plain"), ("track_ids", "track_noid"), ("batch_ids", "batch_noid")):
         ratios = paired_ratios(rounds, name, base)
         if ratios:
             shown = ", ".join(f"{r:.1%}" for r in ratios)
             print(f"ratio {name}/{base} by round: {shown}; median {statistics.median(ratios):.1%}")
+    for name, base in (("track_ids", "track_noid"), ("batch_ids", "batch_noid")):
+        # server CPU per request (its store process included): what other load disturbs least
+        costs = [r[name]["server_cpu_us_per_request"] / r[base]["server_cpu_us_per_request"] for r in rounds
+                 if name in r and base in r and r[base]["server_cpu_us_per_request"]]
+        if costs:
+            shown = ", ".join(f"{c:.1%}" for c in costs)
+            print(f"server CPU per request {name}/{base} by round: {shown}; median {statistics.median(costs):.1%}")
     noisy = [name for name, f in scenarios.items() if f.get("other_cpu_percent", 0) > 15]
     if noisy:
         print(f"NOTE: other processes loaded the machine during {', '.join(noisy)}: rerun on a quiet machine")

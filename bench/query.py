@@ -194,18 +194,18 @@ class Generator:
                 yield encode(event) + b"\n"
 
 
-def cli(data_dir: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+def cli(data_dir: Path, *args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "millimetric", *args, "--data-dir", str(data_dir)],
-                          check=True, capture_output=True, **kwargs)
+                          check=True, capture_output=True, env={**os.environ, **(env or {})}, **kwargs)
 
 
-def load(data_dir: Path, n: int, end: dt.datetime) -> dict[str, Any]:
+def load(data_dir: Path, n: int, end: dt.datetime, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Create the project and pipe N generated events through `millimetric import -`."""
-    keys = json.loads(cli(data_dir, "projects", "create", PROJECT, "--json").stdout)["keys"]
+    keys = json.loads(cli(data_dir, "projects", "create", PROJECT, "--json", env=env).stdout)["keys"]
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "millimetric", "import", "-", "--project", PROJECT, "--json", "--data-dir", str(data_dir)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, **(env or {})},
     )
     assert proc.stdin is not None
     chunk: list[bytes] = []
@@ -231,9 +231,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def serve(data_dir: Path, extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "MILLIMETRIC_LOG_LEVEL": "warning", "MILLIMETRIC_RATE_LIMITS": "off"}
+    env = {**os.environ, "MILLIMETRIC_LOG_LEVEL": "warning", "MILLIMETRIC_RATE_LIMITS": "off", **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "millimetric", "serve", "--data-dir", str(data_dir), "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -313,6 +313,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--reuse", action="store_true", help="time queries on an already loaded data directory")
     parser.add_argument("--only", help="comma list of the queries to time, by letter (e.g. h); default all")
+    parser.add_argument("--clickhouse", metavar="URL",
+                        help="also load the same events into ClickHouse at URL (http://user:pass@host:8123, or "
+                             "'standin' for the test stand-in) and time the same reads there")
     args = parser.parse_args()
 
     work = RESULTS_DIR / f"query-{args.events}"
@@ -351,6 +354,8 @@ def main() -> None:
         "queries": figures,
         "runs": args.runs,
     }
+    if args.clickhouse:
+        result["clickhouse"] = clickhouse_run(args, work, end, meta.get("probe_user") or "user_180000")
     out = work / f"results-{dt.datetime.now():%Y%m%dT%H%M%S}.json"
     out.write_text(json.dumps(result, indent=2))
 
@@ -367,7 +372,75 @@ def main() -> None:
         verdict = "met" if f["p95_ms"] <= TARGET_P95_MS_BY_QUERY.get(name, TARGET_P95_MS) else "MISSED"
         print(f"  {name:32s} p50 {f['p50_ms']:7.1f} ms  p95 {f['p95_ms']:7.1f} ms  max {f['max_ms']:7.1f} ms"
               f"  rows {f['rows']:4d}  {verdict}")
+    if args.clickhouse:
+        ch = result["clickhouse"]
+        print(f"clickhouse ({ch['server']}): load {ch['load_seconds']:,} s ({ch['load_events_per_s']:,} events/s "
+              f"through import, spool shipping included), {ch['stored']:,} events stored")
+        print(f"  system.parts: {ch['bytes'] / 2**20:,.1f} MiB, {ch['bytes_per_event']} bytes/event "
+              f"(goal <= 15: {'met' if ch['bytes_per_event'] <= 15 else 'MISSED'})")
+        print("  p95 beside the embedded store's:")
+        for name, f in ch["queries"].items():
+            embedded = figures[name]
+            print(f"  {name:32s} clickhouse p50 {f['p50_ms']:7.1f} p95 {f['p95_ms']:7.1f} ms   embedded p95 "
+                  f"{embedded['p95_ms']:7.1f} ms   ratio {f['p95_ms'] / max(embedded['p95_ms'], 0.1):5.1f}x   "
+                  f"rows {f['rows']:4d} vs {embedded['rows']:4d}")
     print(f"results: {out.relative_to(ROOT)}")
+
+
+def clickhouse_server(target: str, work: Path) -> tuple[str, Any]:
+    """(base URL, stand-in process or None) for `--clickhouse`."""
+    if target != "standin":
+        return target.rstrip("/"), None
+    sys.path.insert(0, str(ROOT / "tests"))
+    from clickhouse_standin import StandInProcess
+
+    standin = StandInProcess(work / "clickhouse-standin", max_threads=0).start()
+    return standin.url, standin
+
+
+def clickhouse_run(args: argparse.Namespace, work: Path, end: dt.datetime, user: str) -> dict[str, Any]:
+    """The same events through `millimetric import` into ClickHouse, then the same reads over HTTP."""
+    from urllib.parse import urlsplit
+
+    import clickhouse_connect
+
+    base, standin = clickhouse_server(args.clickhouse, work)
+    database = f"bench_{args.events}"
+    env = {"MILLIMETRIC_CLICKHOUSE_URL": f"{base}/{database}"}
+    parts = urlsplit(base)
+    client = clickhouse_connect.get_client(host=parts.hostname, port=parts.port, username=parts.username or "default",
+                                           password=parts.password or "", secure=parts.scheme == "https")
+    try:
+        client.command(f"DROP DATABASE IF EXISTS {database}")
+        data_dir = work / "data-clickhouse"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True)
+        print(f"loading {args.events:,} events into ClickHouse through `millimetric import` ...", file=sys.stderr)
+        meta = load(data_dir, args.events, end, env)
+        client.command(f"OPTIMIZE TABLE {database}.events FINAL")  # merged parts, as a server has them after a while
+        stored = int(client.query(f"SELECT count() FROM {database}.events").result_rows[0][0])
+        size = int(client.query(
+            "SELECT sum(bytes_on_disk) FROM system.parts WHERE database = {d:String} AND table = 'events' AND active",
+            parameters={"d": database}).result_rows[0][0])
+        proc, url = serve(data_dir, env)
+        try:
+            figures = time_queries(url, meta["keys"]["rk"], end, user, args.runs)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(60)
+    finally:
+        client.close()
+        if standin is not None:
+            standin.stop()
+    return {
+        "server": "stand-in (chDB behind HTTP, one query at a time)" if standin else base.split("@")[-1],
+        "load_seconds": meta["load_seconds"],
+        "load_events_per_s": round(args.events / meta["load_seconds"]),
+        "stored": stored,
+        "bytes": size,
+        "bytes_per_event": round(size / max(stored, 1), 1),
+        "queries": figures,
+    }
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 from typing import Iterator, NamedTuple
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -120,7 +121,9 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0, healthy: bool = True) -> "ServerProcess":
+        """Start, then wait for /healthz to answer 200 (`healthy=False`: to answer at all, for a
+        node that starts while a service it needs is down)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -135,7 +138,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=5).status_code == 200 or not healthy:
                     return self
             except httpx.HTTPError:
                 pass
@@ -168,3 +171,39 @@ def server_factory(tmp_path: Path) -> Iterator:
     yield factory
     for server in started:
         server.kill()
+
+
+# ClickHouse: a real server named by MILLIMETRIC_TEST_CLICKHOUSE_URL, else the engine behind a stand-in
+REAL_CLICKHOUSE_URL = os.environ.get("MILLIMETRIC_TEST_CLICKHOUSE_URL")
+NEEDS_REAL_CLICKHOUSE = "needs a full ClickHouse server (concurrent queries): set MILLIMETRIC_TEST_CLICKHOUSE_URL"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`http://user:password@host:port` of a ClickHouse server every test may use (one database each)."""
+    if REAL_CLICKHOUSE_URL:
+        parts = urlsplit(REAL_CLICKHOUSE_URL)
+        yield f"{parts.scheme}://{parts.netloc}"
+        return
+    from clickhouse_standin import StandInProcess
+
+    standin = StandInProcess(tmp_path_factory.mktemp("clickhouse") / "standin").start()
+    yield standin.url
+    standin.stop()
+
+
+@pytest.fixture
+def clickhouse_database(clickhouse_url: str) -> Iterator[str]:
+    """A MILLIMETRIC_CLICKHOUSE_URL naming a database of its own, dropped afterwards."""
+    import clickhouse_connect
+
+    name = f"mm_test_{uuid.uuid4().hex[:12]}"
+    yield f"{clickhouse_url}/{name}"
+    parts = urlsplit(clickhouse_url)
+    client = clickhouse_connect.get_client(
+        host=parts.hostname, port=parts.port, username=parts.username or "default", password=parts.password or ""
+    )
+    try:
+        client.command(f"DROP DATABASE IF EXISTS {name}")
+    finally:
+        client.close()

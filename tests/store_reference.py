@@ -97,11 +97,21 @@ class ReferenceStore:
     def __init__(self) -> None:
         self.events: list[tuple[int, EventRow]] = []  # (seq, row) in insertion order
         self._next_seq = 1
+        self._ids: set[tuple[str, str]] = set()
 
-    def append(self, rows: Iterable[EventRow]) -> None:
-        for row in rows:
+    def append(self, rows: Iterable[EventRow]) -> list[int]:
+        """Positions of the rows not stored: their (project_id, event_id) is stored already (every
+        append here is within the de-duplication window) or came earlier in the same call."""
+        duplicates = []
+        for position, row in enumerate(rows):
+            if row.event_id is not None and (row.project_id, row.event_id) in self._ids:
+                duplicates.append(position)
+                continue
+            if row.event_id is not None:
+                self._ids.add((row.project_id, row.event_id))
             self.events.append((self._next_seq, row))
             self._next_seq += 1
+        return duplicates
 
     # Selection --------------------------------------------------------------------------------
     def _linked(self, project_id: str, user_id: str) -> set[str]:

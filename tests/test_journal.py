@@ -13,12 +13,12 @@ import pytest
 
 from millimetric.events.model import EventRow
 from millimetric.events.queries import Filters, RowsPlan, TimeRange
+from millimetric.store import journal as journal_module
 from millimetric.store.duckdb import database as database_module
-from millimetric.store.duckdb import journal as journal_module
 from millimetric.store.duckdb.database import EventDatabase
-from millimetric.store.duckdb.journal import MAGIC, Frame, Journal, JournalFormatError
-from millimetric.store.duckdb.rows import PAYLOAD_FORMAT, encode_rows
 from millimetric.store.interface import StoreOverloaded
+from millimetric.store.journal import MAGIC, Frame, Journal, JournalFormatError
+from millimetric.store.rows import PAYLOAD_FORMAT, encode_rows
 
 _MINUTES = itertools.count()
 

@@ -14,6 +14,7 @@ local run.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
@@ -67,7 +68,7 @@ INGEST = {"/v1/track", "/v1/batch", "/v1/identify"}
 READ = {"/v1/query", "/v1/stats", "/v1/sources", "/v1/funnel"}
 MCP = {"/mcp"}
 MCP_ACCOUNT = {"/mcp/account"}
-NO_INPUTS = {"/healthz", "/openapi.json", "/"}  # exactly one distinct request each
+NO_INPUTS = {"/healthz", "/openapi.json", "/", "/metrics", "/v1/a.js"}  # exactly one distinct request each
 ADMIN_NO_INPUTS = {"GET /admin/me", "GET /admin/projects"}  # likewise, with a session token
 FRAMING_HEADERS = {"content-length", "transfer-encoding", "host", "connection"}
 DEFAULT_BUDGET = int(os.environ.get("MILLIMETRIC_FUZZ_EXAMPLES", "250"))
@@ -156,6 +157,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         server.kill()
 
 
+def _basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
 def _credentials(path: str, method: str, live: Live) -> list[dict[str, str]]:
     """Valid credentials for the route: secret or browser key (with its Origin) for ingest,
     secret for forget, read key for reads, read or secret key for MCP, the account key for
@@ -168,6 +173,10 @@ def _credentials(path: str, method: str, live: Live) -> list[dict[str, str]]:
         return [{"Authorization": f"Bearer {live.admin.token}"}]
     if path in INGEST:
         return [{"Authorization": f"Bearer {keys.sk}"}, {"Authorization": f"Bearer {keys.pk}", "Origin": ORIGIN}]
+    if path.startswith("/segment/"):  # Segment's write key: the Basic user name
+        return [{"Authorization": _basic(keys.sk)}, {"Authorization": _basic(keys.pk), "Origin": ORIGIN}]
+    if path.startswith("/posthog/"):  # the key is in the body (`api_key`): made up, so mostly 401
+        return [{}]
     if path.startswith("/v1/forget"):
         return [{"Authorization": f"Bearer {keys.sk}"}]
     if path in READ:
@@ -191,6 +200,9 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     if operation.path == "/v1/funnel":  # steps the seeded events take, so counts are not all 0
         funnel = {**live.window, "steps": "$pageview,$pageview"}
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, query=funnel))
+    if operation.path.startswith("/posthog/"):  # the key is in the body: also cases with a real one
+        sk = live.keys.sk
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE).map(lambda case: _with_api_key(case, sk)))
     if operation.path == "/v1/forget/{job_id}" and operation.method.upper() == "GET":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"job_id": live.job_id}))
     # The user's own project and account; never for DELETE, which would leave later operations
@@ -200,6 +212,15 @@ def _cases(operation: Any, live: Live) -> st.SearchStrategy[Any]:
     if operation.path == "/admin/accounts/{id}/keys":
         strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters={"id": live.admin.account_id}))
     return st.one_of(strategies)
+
+
+def _with_api_key(case: Any, key: str) -> Any:
+    """A PostHog body (an object, or an array of events) carrying a valid `api_key`."""
+    if isinstance(case.body, dict):
+        case.body = {**case.body, "api_key": key}
+    elif isinstance(case.body, list):
+        case.body = [{**event, "api_key": key} if isinstance(event, dict) else event for event in case.body]
+    return case
 
 
 def _head_bytes(case: Any, base_url: str, headers: dict[str, str]) -> int:

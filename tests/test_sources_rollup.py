@@ -17,7 +17,7 @@ from millimetric.events.model import EventRow
 from millimetric.events.queries import SourceRow, SourcesPlan, TimeRange
 from millimetric.store.duckdb.database import EventDatabase
 from millimetric.store.duckdb.reads import rolled_up_days
-from millimetric.store.duckdb.rows import encode_rows
+from millimetric.store.rows import encode_rows
 
 PROJECT = "p_rollup"
 START = dt.datetime(2024, 3, 1)

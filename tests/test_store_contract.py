@@ -32,13 +32,14 @@ from millimetric.events.queries import (
 )
 from millimetric.settings import Settings
 
+import store_reference
 from store_reference import ReferenceStore, bucket_us, epoch_us, referrer_host, row_tuple
 
 pytestmark = pytest.mark.slow  # real server processes or long waits: `-m "not slow"` skips them
 
-# Each backend the contract holds, with the MILLIMETRIC_* environment that selects it. New backends
-# join this list (e.g. "clickhouse" with its MILLIMETRIC_CLICKHOUSE_URL).
-BACKENDS = {"duckdb": {}}
+# Each backend the contract holds, with the fixture giving the MILLIMETRIC_* environment that
+# selects it (None: the default settings).
+BACKENDS = {"duckdb": None, "clickhouse": "clickhouse_environment"}
 
 MAIN, OTHER = "proj_main", "proj_other"
 D = dt.datetime
@@ -60,7 +61,11 @@ SOURCE_RANGES = {
 TZS = ("Europe/Berlin", "America/St_Johns")  # DST; St_Johns is also 30 minutes off the hour
 GROUPINGS = [()] + [(c,) for c in GROUP_BY] + [("source", "medium"), ("referrer_host", "event_name")]
 BIG = 1_000_000  # a limit nothing reaches
+# Page sizes of the paging walks. Every page is a query, and a query has a fixed cost on ClickHouse:
+# the one walk over every row of the range takes small pages (many page ends inside ties); walks
+# with filters, whose rows are fewer, take larger ones (their page ends still split ties, below).
 PAGE = 7
+FILTERED_PAGE = 25
 
 SOURCE_MEDIUMS = [("", "")] * 4 + [
     ("google", "organic"),
@@ -192,20 +197,21 @@ def _fields(row: EventRow) -> dict[str, Any]:
 
 
 # The stores ----------------------------------------------------------------------------------
-def _settings(backend: str, data_dir: Path) -> Settings:
-    return Settings.from_env(environ=dict(BACKENDS[backend]), data_dir=data_dir)
+@pytest.fixture
+def clickhouse_environment(clickhouse_database: str) -> dict[str, str]:
+    return {"MILLIMETRIC_CLICKHOUSE_URL": clickhouse_database}
 
 
 class Stores:
     """Opens stores of one backend on one data directory; closes what the test left open."""
 
-    def __init__(self, backend: str, data_dir: Path) -> None:
-        self.backend, self.data_dir, self.opened = backend, data_dir, []
+    def __init__(self, backend: str, data_dir: Path, environ: dict[str, str]) -> None:
+        self.backend, self.data_dir, self.environ, self.opened = backend, data_dir, environ, []
 
     def open(self):
         from millimetric.store.factory import open_event_store
 
-        store = open_event_store(_settings(self.backend, self.data_dir))
+        store = open_event_store(Settings.from_env(environ=dict(self.environ), data_dir=self.data_dir))
         self.opened.append(store)
         return store
 
@@ -220,7 +226,8 @@ class Stores:
 
 @pytest.fixture(params=list(BACKENDS))
 def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stores]:
-    manager = Stores(request.param, tmp_path / "data")
+    environment = BACKENDS[request.param]
+    manager = Stores(request.param, tmp_path / "data", request.getfixturevalue(environment) if environment else {})
     yield manager
     for store in manager.opened[::-1]:
         store.close()
@@ -231,9 +238,10 @@ def store(stores: Stores):
     return stores.open()
 
 
-def append(store, ref: ReferenceStore, rows: Sequence[EventRow]) -> None:
-    asyncio.run(store.append(list(rows)))
-    ref.append(rows)
+def append(store, ref: ReferenceStore, rows: Sequence[EventRow]) -> list[int]:
+    duplicates = asyncio.run(store.append(list(rows)))
+    assert duplicates == ref.append(rows), "the store and the reference disagree on duplicates"
+    return duplicates
 
 
 def loaded(store) -> ReferenceStore:
@@ -282,6 +290,11 @@ def assert_walk(
     assert all(page.next is not None for page in pages[:-1]) and pages[-1].next is None, label
 
 
+def tie_ends(rows: list, limit: int) -> int:
+    """How many page ends of a walk fall between two rows of the same timestamp."""
+    return sum(rows[i - 1][0] == rows[i][0] for i in range(limit, len(rows), limit))
+
+
 def stats_plan(
     metric: str,
     group_by: tuple = (),
@@ -307,7 +320,8 @@ def assert_sources(store, ref: ReferenceStore, project: str, plan: SourcesPlan, 
 def assert_every_read(store, ref: ReferenceStore, what: str) -> None:
     """A battery of reads over both projects: rows, stats and sources equal the reference's."""
     for project, time_range in ((MAIN, RANGE), (OTHER, OTHER_RANGE)):
-        assert_walk(store, ref, project, EVERYTHING, Filters(), limit=97, what=f"{what}: all")
+        # Several pages in both projects: what a delete or a reopen leaves pages on.
+        assert_walk(store, ref, project, EVERYTHING, Filters(), limit=250, what=f"{what}: all")
         for filters in (
             Filters(user_id="u1"),
             Filters(user_id="u3"),
@@ -410,12 +424,14 @@ def test_the_data_set_is_varied() -> None:
 # Raw rows ------------------------------------------------------------------------------------
 def test_rows_pages_filters_and_stitching(store) -> None:
     ref = loaded(store)
+    assert tie_ends(ref.all_rows(MAIN, RANGE, Filters()), PAGE) >= 10, "page ends between events of one instant"
     assert_walk(store, ref, MAIN, RANGE, Filters())
     derived = next(
         row_tuple(r)[ROW_FIELDS.index("session_id")]
         for _, r in ref.events
         if r.project_id == MAIN and r.session_id is None and RANGE.start <= r.timestamp < RANGE.end
     )
+    ends = 0
     for filters in (
         Filters(event="signup"),
         Filters(event=IDENTIFY_EVENT),
@@ -434,7 +450,9 @@ def test_rows_pages_filters_and_stitching(store) -> None:
         Filters(user_id="u1", event=PAGEVIEW_EVENT, country="US"),
         Filters(event="no such event"),
     ):
-        assert_walk(store, ref, MAIN, RANGE, filters)
+        assert_walk(store, ref, MAIN, RANGE, filters, limit=FILTERED_PAGE)
+        ends += tie_ends(ref.all_rows(MAIN, RANGE, filters), FILTERED_PAGE)
+    assert ends >= 3, "filtered walks end pages between events of one instant"
     for filters in (Filters(), Filters(user_id="u3"), Filters(user_id="u1")):  # the other project's identifies
         assert_walk(store, ref, OTHER, OTHER_RANGE, filters, limit=50)
     assert ref.all_rows(MAIN, RANGE, Filters(user_id="linked-only")), "the data set links visitors to linked-only"
@@ -446,10 +464,12 @@ def test_rows_pages_filters_and_stitching(store) -> None:
 def test_rows_pages_are_stable_while_events_arrive(store) -> None:
     ref = loaded(store)
     weeks = TimeRange(D(2024, 10, 20), D(2024, 11, 3))
+    size = 13  # more than 20 pages in both walks: events arrive after pages 1, 5 and 20
     for time_range, filters in ((weeks, Filters()), (RANGE, Filters(medium="paid"))):
-        plan = RowsPlan(time_range, filters, PAGE)
+        plan = RowsPlan(time_range, filters, size)
         before = ref.all_rows(MAIN, time_range, filters)  # the pages as they were when the walk began
-        want = [RowsPage(before[i : i + PAGE], None) for i in range(0, len(before), PAGE)]
+        want = [RowsPage(before[i : i + size], None) for i in range(0, len(before), size)]
+        assert len(want) > 21, f"{filters}: {len(want)} pages"
         pages = [store.rows(MAIN, plan)]
         while pages[-1].next is not None:
             n = len(pages)
@@ -467,7 +487,7 @@ def test_rows_pages_are_stable_while_events_arrive(store) -> None:
         for n, (page, expected) in enumerate(zip(pages, want)):
             assert_same(page.rows, expected.rows, f"{filters}: page {n + 1} of a walk while events arrived")
         assert pages[-1].next is None
-        assert_walk(store, ref, MAIN, time_range, filters, what=f"{filters}, a new walk after the arrivals")
+        assert_walk(store, ref, MAIN, time_range, filters, size, f"{filters}, a new walk after the arrivals")
 
 
 def test_derived_session_ids_floor_the_half_hour(store) -> None:
@@ -654,6 +674,43 @@ def test_funnels(store) -> None:
     assert wide[-1] > narrow[-1] > 0 and wide[0] == narrow[0]
 
 
+def test_funnel_window_edges_ties_and_the_latest_start(store) -> None:
+    """Cases the random data set leaves to chance: a step exactly `window` after the start counts,
+    one at the start's instant counts when stored later and not when stored earlier, and a later
+    start rescues a chain the earlier one cannot finish."""
+    project, at = "proj_funnel_edges", D(2024, 6, 1, 12)
+    ref = ReferenceStore()
+
+    def event(anon: str, name: str, seconds: float) -> EventRow:
+        when = at + dt.timedelta(seconds=seconds)
+        row = extra_events(1, 1, (at, 1), project, anonymous_id=anon, event_name=name, timestamp=when, user_id=None)
+        return row[0]
+
+    # Appended one at a time: stored order is the order below.
+    for row in (
+        event("exactly-window", PAGEVIEW_EVENT, 0),
+        event("exactly-window", "signup", 60),
+        event("tie-stored-before", "signup", 0),
+        event("tie-stored-before", PAGEVIEW_EVENT, 0),
+        event("tie-stored-before-too", "signup", 30),
+        event("tie-stored-before-too", PAGEVIEW_EVENT, 30),
+        event("tie-stored-after", PAGEVIEW_EVENT, 0),
+        event("tie-stored-after", "signup", 0),
+        event("later-start", PAGEVIEW_EVENT, 0),
+        event("later-start", PAGEVIEW_EVENT, 50),
+        event("later-start", "signup", 100),
+        event("one-microsecond-late", PAGEVIEW_EVENT, 0),
+        event("one-microsecond-late", "signup", 60.000001),
+    ):
+        append(store, ref, [row])
+    day = TimeRange(at - dt.timedelta(days=1), at + dt.timedelta(days=1))
+    for window, want in ((60, [6, 3]), (59, [6, 2]), (50, [6, 2]), (49, [6, 1])):
+        plan = FunnelPlan(day, Filters(), (PAGEVIEW_EVENT, "signup"), window, "anonymous")
+        assert assert_funnel(store, ref, project, plan) == want, f"window {window}"
+    plan = FunnelPlan(day, Filters(), (PAGEVIEW_EVENT, PAGEVIEW_EVENT, "signup"), 100, "anonymous")
+    assert assert_funnel(store, ref, project, plan) == [6, 1, 1]
+
+
 # Deletes -------------------------------------------------------------------------------------
 def test_delete_user_and_delete_before(stores: Stores, store) -> None:
     ref = loaded(store)
@@ -735,3 +792,43 @@ def test_ping_and_status(store) -> None:
     assert store.ping() is None
     assert isinstance(store.status(), dict)
     assert store.rows(MAIN, RowsPlan(EVERYTHING, Filters(), 1)).next is not None
+
+
+# Export ----------------------------------------------------------------------------------------
+def test_export_holds_every_stored_column(store) -> None:
+    """Every stored column of the project's events in the range, oldest first, in bounded batches;
+    the session id as reads see it (sent or derived)."""
+    ref = loaded(store)
+    window = TimeRange(D(2024, 10, 1), D(2024, 10, 20))
+    batches = list(store.export(MAIN, window, batch_rows=97))
+    assert batches and all(batch.num_rows <= 97 for batch in batches)
+    got = [row for batch in batches for row in batch.to_pylist()]
+    want = [
+        {**_fields(row), "session_id": store_reference.session_id(row)}
+        for _, row in ref.events
+        if row.project_id == MAIN and window.start <= row.timestamp < window.end
+    ]
+    assert [row["timestamp"] for row in got] == sorted(row["timestamp"] for row in want)
+    key = lambda row: sorted((k, str(v)) for k, v in row.items())  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want))
+
+
+def test_an_event_id_is_stored_once_per_project(stores: Stores, store) -> None:
+    """De-duplication: a (project_id, event_id) already stored, or repeated within one append, is
+    left out and its position returned; rows without an id are never merged; it survives a reopen."""
+    ref = ReferenceStore()
+    when = D(2024, 10, 1)
+
+    def rows(project: str, *ids: str | None) -> list[EventRow]:
+        return [EventRow(project, when + dt.timedelta(seconds=n), "x", event_id=i) for n, i in enumerate(ids)]
+
+    assert append(store, ref, rows(MAIN, "a", "b", "a", None, None)) == [2]
+    assert append(store, ref, rows(MAIN, "b", "c", None)) == [0]
+    assert append(store, ref, rows(OTHER, "a", "b")) == []  # ids are per project
+    assert append(store, ref, rows(MAIN, "a", "b", "c")) == [0, 1, 2]  # nothing new: nothing stored
+    store = stores.reopen(store)
+    assert append(store, ref, rows(MAIN, "c", "d", "a")) == [0, 2]
+    for project in (MAIN, OTHER):
+        assert_walk(store, ref, project, EVERYTHING, Filters(), limit=BIG)
+    stored_ids = [row[1] for page in walk(store, MAIN, RowsPlan(EVERYTHING, Filters(), BIG)) for row in page.rows]
+    assert sorted(stored_ids, key=str) == sorted(["a", "b", "c", "d", None, None, None], key=str)

@@ -14,8 +14,8 @@ from millimetric.events.model import EventRow
 from millimetric.events.queries import Filters, RowsPlan, SourceRow, SourcesPlan, TimeRange
 from millimetric.store.duckdb.client import DuckDBEventStore
 from millimetric.store.duckdb.database import EventDatabase
-from millimetric.store.duckdb.rows import encode_rows
 from millimetric.store.interface import StoreError
+from millimetric.store.rows import encode_rows
 from test_auth_errors import assert_error
 
 from conftest import bearer, stored_events

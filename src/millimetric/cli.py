@@ -7,10 +7,12 @@ stdout; notes and progress go to stderr.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -115,8 +117,6 @@ def serve(
     ] = None,
 ) -> None:
     """Run the API server (creates a `default` project with keys on an empty data directory)."""
-    from millimetric.api import server
-
     settings = Settings.from_env(
         data_dir=data_dir,
         host=host,
@@ -128,6 +128,11 @@ def serve(
         queue_limit=queue_limit,
         workers=workers,
     )
+    from millimetric.operations.metrics_dir import use_directory
+
+    use_directory(settings.data_dir)  # before anything imports prometheus_client (the server does)
+    from millimetric.api import server
+
     _raise_open_file_limit()
     server.prepare_process(settings)
     control = _control(settings)
@@ -137,7 +142,11 @@ def serve(
         _print_new_keys(project, tokens)
     control.close()
     processes = f", {settings.workers} worker processes" if settings.workers > 1 else ""
-    err.print(f"millimetric serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}{processes})")
+    banner = f"millimetric serving on http://{settings.host}:{settings.port} (data in {settings.data_dir}{processes})"
+    if settings.log_format == "json":  # every line on stderr is then a JSON log line
+        logging.getLogger("millimetric.server").info("%s", banner)
+    else:
+        err.print(banner)
     raise typer.Exit(server.run(settings))
 
 
@@ -362,8 +371,17 @@ def users_create(
 
 @app.command("import")
 def import_events(
-    file: Annotated[str, typer.Argument(help="NDJSON of /v1/track bodies, one per line, or - for stdin.")],
-    project: Annotated[str, typer.Option(help="Project (slug or id) the events belong to.")],
+    file: Annotated[
+        Optional[str], typer.Argument(help="NDJSON of /v1/track bodies, one per line, or - for stdin.")
+    ] = None,
+    project: Annotated[
+        Optional[str],
+        typer.Option(help="Project (slug or id) the events belong to [with --export: default the export's own]."),
+    ] = None,
+    export: Annotated[
+        Optional[Path],
+        typer.Option("--export", help="Load a `millimetric export` file (NDJSON or Parquet) as it was stored."),
+    ] = None,
     rejects: Annotated[
         Optional[Path], typer.Option(help="Where rejected lines go [default: FILE.rejected.ndjson].")
     ] = None,
@@ -371,11 +389,21 @@ def import_events(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Backfill events through the API's own validation, enrichment and writer.
+    """Backfill events through the API's own validation, enrichment and writer; or, with
+    --export, load an export's events exactly as they were stored (no enrichment runs again).
 
     Works while `millimetric serve` runs on the same data directory: the rows are handed to its
     event store.
     """
+    if export is not None:
+        if file is not None:
+            err.print("[red]give either FILE (track bodies) or --export FILE, not both[/red]")
+            raise typer.Exit(2)
+        _import_export(export, project, as_json, Settings.from_env(data_dir=data_dir, database_url=database_url))
+        return
+    if file is None or project is None:
+        err.print("[red]give FILE and --project (or --export FILE)[/red]")
+        raise typer.Exit(2)
     import asyncio
 
     import msgspec
@@ -443,6 +471,123 @@ def import_events(
     err.print(f"{outcome.lines:,} lines: stored {outcome.stored:,}, dropped {dropped}, rejected {outcome.rejected:,}")
     if outcome.rejected:
         err.print(f"Rejected lines and their errors: {rejects_path}")
+
+
+def _progress(what: str, total: int | None, unit_bytes: bool = False) -> Any:
+    """A progress bar on stderr: rows (or bytes) done of `total`, rate, time."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(what),
+        BarColumn(),
+        DownloadColumn() if unit_bytes else MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+def _when(value: str | None, flag: str) -> dt.datetime | None:
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        err.print(f"[red]{flag} wants an ISO 8601 date or time (2026-01-31, 2026-01-31T12:00:00Z), not {value!r}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command("export")
+def export_command(
+    project: Annotated[str, typer.Option(help="Project (slug or id) to export.")],
+    since: Annotated[Optional[str], typer.Option("--from", help="Events at or after this time (ISO 8601).")] = None,
+    until: Annotated[Optional[str], typer.Option("--to", help="Events before this time (ISO 8601).")] = None,
+    file_format: Annotated[str, typer.Option("--format", help="ndjson or parquet.")] = "ndjson",
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="File to write [default: SLUG.ndjson or SLUG.parquet].")
+    ] = None,
+    as_json: AsJson = False,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write every stored column of PROJECT's events to a file (load it anywhere with
+    `millimetric import --export FILE`). Works while the server runs."""
+    from millimetric.operations.export import FORMATS, ExportError, count_events, export_events, time_range
+    from millimetric.store.factory import open_event_store
+    from millimetric.store.interface import StoreError
+
+    if file_format not in FORMATS:
+        err.print(f"[red]--format must be one of {', '.join(FORMATS)}[/red]")
+        raise typer.Exit(2)
+    start, end = _when(since, "--from"), _when(until, "--to")
+    settings = Settings.from_env(data_dir=data_dir, database_url=database_url)
+    found = _project_or_exit(_control(settings), project)
+    target = output or Path(f"{found.slug}.{file_format}")
+    try:
+        store = open_event_store(settings, attach=True)
+    except StoreError as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    try:
+        total = count_events(store, found.id, time_range(start, end))
+        with _progress(f"exporting {found.slug}", total) as progress:
+            task = progress.add_task("export", total=total)
+            written = export_events(store, found, target, file_format, start, end, lambda n: progress.advance(task, n))
+    except (ExportError, StoreError, OSError) as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"events": written, "file": str(target), "format": file_format}))
+    err.print(f"Exported {written:,} events of {found.slug} to {target}", highlight=False)
+
+
+def _import_export(path: Path, project_ref: str | None, as_json: bool, settings: Settings) -> None:
+    """`millimetric import --export FILE`: check the whole file, then append its rows as stored."""
+    from millimetric.operations.export import ExportError, check_file, import_events, target_project
+    from millimetric.store.factory import open_event_store
+    from millimetric.store.interface import StoreError
+
+    try:
+        size = path.stat().st_size
+        with _progress("checking", size, unit_bytes=True) as progress:
+            task = progress.add_task("check", total=size)
+            checked = check_file(path, lambda n: progress.advance(task, n))
+        found = target_project(_control(settings), checked, project_ref)
+    except OSError as exc:
+        err.print(f"cannot read {path}: {exc.strerror or exc}", style="red", markup=False)
+        raise typer.Exit(1) from None
+    except ExportError as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    try:
+        store = open_event_store(settings, attach=True)
+    except StoreError as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    try:
+        with _progress(f"importing into {found.slug}", checked.events) as progress:
+            task = progress.add_task("import", total=checked.events)
+            loaded = import_events(store, checked, found, lambda n: progress.advance(task, n))
+    except (ExportError, StoreError) as exc:
+        err.print(str(exc), style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps({"events": loaded, "project": found.slug, "format": checked.file_format}))
+    err.print(f"Imported {loaded:,} events into {found.slug} from {path}", highlight=False)
 
 
 @app.command("backup")

@@ -12,6 +12,7 @@ from typing import Any
 PEPPER_FILE = "pepper"
 JWT_SECRET_FILE = "jwt-secret"  # signs the server's own admin tokens when no JWT secret is configured
 EVENTS_FILE = "events.duckdb"  # the embedded event store, in the data directory
+SPOOL_DIR = "spool"  # with ClickHouse: each server process's spool, in the data directory
 CONTROL_FILE = "control.sqlite3"  # the embedded control plane
 
 
@@ -30,12 +31,15 @@ class Settings:
     port: int = 8787
     database_url: str | None = None
     clickhouse_url: str | None = None
+    spool_max_bytes: int = 1 << 30  # a ClickHouse node's spool: past it, ingest answers 503 overloaded
     redis_url: str | None = None
     redis_prefix: str = "millimetric:rl:"
     pepper: str | None = None
     trusted_proxies: tuple[str, ...] = ()
     trust_cf_headers: bool = False
     log_level: str = "info"
+    log_format: str = "text"  # or "json": one JSON object per line
+    metrics_token: str | None = None  # when set, GET /metrics wants `Authorization: Bearer <it>`
     rate_limits: bool = True
     queue_limit: int = 50_000  # per worker
     workers: int = 1  # server processes (`millimetric.api.server`)
@@ -56,12 +60,15 @@ class Settings:
             "port": int,
             "database_url": str,
             "clickhouse_url": str,
+            "spool_max_bytes": int,
             "redis_url": str,
             "redis_prefix": str,
             "pepper": str,
             "trusted_proxies": _env_list,
             "trust_cf_headers": _env_bool,
             "log_level": str,
+            "log_format": lambda v: v.strip().lower(),
+            "metrics_token": str,
             "rate_limits": lambda v: v.strip().lower() != "off",
             "queue_limit": int,
             "workers": int,
@@ -81,6 +88,8 @@ class Settings:
         settings = cls(**values)
         if settings.workers < 1:
             raise ValueError(f"MILLIMETRIC_WORKERS must be 1 or more, not {settings.workers}")
+        if settings.log_format not in ("text", "json"):
+            raise ValueError(f"MILLIMETRIC_LOG_FORMAT must be text or json, not {settings.log_format!r}")
         for cidr in settings.trusted_proxies:
             ipaddress.ip_network(cidr, strict=False)  # fail at start-up, not per request
         return settings

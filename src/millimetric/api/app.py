@@ -16,15 +16,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from millimetric.api import admin, classify, dashboard, docs, forget, health, ingest, read
+from millimetric.api import admin, classify, dashboard, docs, forget, health, ingest, metrics, read, snippet
 from millimetric.api.cors import CorsMiddleware
 from millimetric.api.middleware import RequestIdMiddleware
 from millimetric.api.responses import error_response, json_response
 from millimetric.api.services import Services
 from millimetric.auth.guard import CHANGES_POLL_SECONDS
+from millimetric.compat import posthog, segment
+from millimetric.compat.body import is_basic
 from millimetric.errors import ApiError, overloaded
 from millimetric.ingest.visit import SALT_PREPARE_SECONDS, TOMBSTONE_REFRESH_SECONDS
 from millimetric.mcp.http import McpHttp
+from millimetric.operations import logs
+from millimetric.operations import metrics as operations_metrics
 from millimetric.privacy.retention import RETENTION_SWEEP_SECONDS, enforce_retention
 from millimetric.settings import Settings
 from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeout
@@ -33,9 +37,18 @@ log = logging.getLogger("millimetric.api")
 COUNTERS_FLUSH_SECONDS = 30.0
 T = TypeVar("T")
 
+
+async def _batch(request: Request) -> Response:
+    """Segment's libraries post to `{host}/v1/batch` with Basic credentials: with this server's
+    root as their host, that is Segment's batch, not ours (which takes only Bearer keys)."""
+    if is_basic(request.headers.get("authorization")):
+        return await segment.batch(request)
+    return await ingest.batch(request)
+
+
 ROUTES = [
     Route("/v1/track", ingest.track, methods=["POST"]),
-    Route("/v1/batch", ingest.batch, methods=["POST"]),
+    Route("/v1/batch", _batch, methods=["POST"]),
     Route("/v1/identify", ingest.identify, methods=["POST"]),
     Route("/v1/forget", forget.forget, methods=["POST"]),
     Route("/v1/forget/{job_id}", forget.forget_status, methods=["GET"]),
@@ -59,6 +72,16 @@ ROUTES = [
     Route("/admin/keys/{prefix}", admin.revoke_key, methods=["DELETE"]),
     Route("/", dashboard.index, methods=["GET"]),
     Route("/assets/{name}", dashboard.asset, methods=["GET"]),
+    Route("/metrics", metrics.metrics_text, methods=["GET"]),
+    Route("/v1/a.js", snippet.a_js, methods=["GET"]),
+    Route("/segment/v1/batch", segment.batch, methods=["POST"]),
+    *(
+        Route(f"/segment/v1/{call.__name__}", call, methods=["POST"])
+        for call in (segment.track, segment.page, segment.screen, segment.identify, segment.group, segment.alias)
+    ),
+    Route("/posthog/batch/", posthog.batch, methods=["POST"]),
+    Route("/posthog/capture/", posthog.capture, methods=["POST"]),
+    Route("/posthog/e/", posthog.e, methods=["POST"]),
 ]
 
 
@@ -138,8 +161,20 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
         gc.freeze()
         # Requests allocate many short-lived objects; collect the young generation less often.
         gc.set_threshold(50_000, 20, 20)
+
+        async def publish_metrics() -> None:
+            operations_metrics.set_queue_depth(services.writer.queued_events)
+            operations_metrics.publish()
+
+        async def flush_access_lines() -> None:
+            logs.flush()
+
         background = [
             asyncio.create_task(_every(COUNTERS_FLUSH_SECONDS, services.record_counters, "record counters")),
+            asyncio.create_task(
+                _every(operations_metrics.PUBLISH_SECONDS, publish_metrics, "publish the request metrics")
+            ),
+            asyncio.create_task(_every(logs.FLUSH_SECONDS, flush_access_lines, "write the access lines")),
             asyncio.create_task(
                 _every(TOMBSTONE_REFRESH_SECONDS, services.visits.refresh_tombstones, "refresh tombstones")
             ),
@@ -179,6 +214,9 @@ def create_app(settings: Settings, shared_store: object | None = None, chores: b
             except Exception:
                 log.exception("could not record counters")
             await asyncio.to_thread(services.close)
+            operations_metrics.publish()
+            operations_metrics.process_exiting()
+            logs.flush()
             gc.unfreeze()  # let the last collection see them (DuckDB's bindings warn of leaks otherwise)
 
     return Starlette(

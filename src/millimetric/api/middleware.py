@@ -1,15 +1,18 @@
-"""Pure ASGI middleware: a request id on every response, and no traceback ever reaches a client."""
+"""Pure ASGI middleware: a request id on every response, no traceback ever reaching a client, and
+each request counted (`GET /metrics`) and logged in one line."""
 
 from __future__ import annotations
 
 import logging
 import random
 import re
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from millimetric.api.responses import error_response
 from millimetric.errors import ApiError
+from millimetric.operations import logs, metrics
 
 log = logging.getLogger("millimetric.api")
 _SANE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -36,14 +39,19 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        arrived = time.perf_counter()
         request_id = _incoming_request_id(scope) or new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id.decode()
         started = False
+        status = 500
+        answered = arrived
 
         async def send_with_id(message: Message) -> None:
-            nonlocal started
+            nonlocal started, status, answered
             if message["type"] == "http.response.start":
                 started = True
+                status = message["status"]
+                answered = time.perf_counter()
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
             await send(message)
 
@@ -53,3 +61,18 @@ class RequestIdMiddleware:
             log.exception("unhandled error request_id=%s", request_id.decode())
             if not started:
                 await error_response(ApiError("internal_error"))(scope, receive, send_with_id)
+        finally:
+            _account(scope, request_id, status, answered - arrived if started else time.perf_counter() - arrived)
+
+
+def _account(scope: Scope, request_id: bytes, status: int, seconds: float) -> None:
+    """Count and log one request under its route's template (a bounded set of labels): a path
+    no route matched is `unmatched`, a CORS preflight answered before routing `preflight`."""
+    route = scope.get("route")
+    method = scope["method"]
+    if route is not None:
+        label = getattr(route, "path", "unmatched")
+    else:
+        label = "preflight" if method == "OPTIONS" else "unmatched"
+    metrics.observe_request(label, method, status, seconds)
+    logs.access(request_id.decode(), method, scope["path"], label, status, seconds)

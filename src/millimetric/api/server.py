@@ -33,6 +33,7 @@ import uvicorn
 
 from millimetric.api.app import create_app
 from millimetric.api.protocol import GuardedHttpToolsProtocol
+from millimetric.operations import logs
 from millimetric.settings import Settings
 from millimetric.store.factory import start_shared_store
 
@@ -47,9 +48,7 @@ def prepare_process(settings: Settings) -> None:
     # Work handed to threads (reads, chores) needs the GIL back while the event loop is busy: with the
     # default 5 ms switch interval each hand-back could wait 5 ms behind a loaded event loop.
     sys.setswitchinterval(0.0002)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-    )
+    logs.configure(settings.log_level, settings.log_format)
 
 
 def _config(app: Any, settings: Settings) -> uvicorn.Config:
@@ -60,7 +59,8 @@ def _config(app: Any, settings: Settings) -> uvicorn.Config:
         loop="uvloop",
         http=GuardedHttpToolsProtocol,
         log_level=settings.log_level.lower(),
-        access_log=False,  # access lines would carry client addresses
+        access_log=False,  # uvicorn's access lines carry client addresses; the app logs its own
+        log_config=None,  # uvicorn's loggers go through `logs.configure`'s handler (and format)
         backlog=4096,
         timeout_keep_alive=5,
         timeout_graceful_shutdown=15,
@@ -81,6 +81,11 @@ def _supervise(settings: Settings) -> int:
     if settings.rate_limits and not settings.redis_url:
         log.warning(
             "rate limits are kept per worker (%d workers): set MILLIMETRIC_REDIS_URL to share them", settings.workers
+        )
+    if settings.clickhouse_url and not settings.redis_url:
+        log.warning(
+            "event ids are de-duplicated per worker (%d workers, ClickHouse): set MILLIMETRIC_REDIS_URL to share",
+            settings.workers,
         )
     store = start_shared_store(settings)
     listener = _config(None, settings).bind_socket()

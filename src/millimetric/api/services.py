@@ -15,6 +15,7 @@ from millimetric.auth.sessions import SessionVerifier
 from millimetric.ingest import pipeline
 from millimetric.ingest.visit import VisitFactory
 from millimetric.ingest.writer import Writer
+from millimetric.operations import metrics
 from millimetric.privacy.forget import ForgetRunner
 from millimetric.settings import Settings
 from millimetric.store.control import ControlPlane
@@ -67,6 +68,7 @@ class Services:
         )
 
     def count_dropped(self, project_id: str, reasons: Counter[str]) -> None:
+        metrics.count_dropped(reasons)
         for reason, n in reasons.items():
             self.dropped[(project_id, reason)] += n
 

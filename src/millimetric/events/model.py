@@ -36,8 +36,14 @@ class EventRow(msgspec.Struct, gc=False):
 COLUMNS: tuple[str, ...] = EventRow.__struct_fields__
 IDENTIFY_EVENT = "$identify"  # the row an identify stores; reads and forget stitch identities by it
 PAGEVIEW_EVENT = "$pageview"
+# What Segment's and PostHog's call types become (compatible ingest); clients may send them too.
+SCREEN_EVENT = "$screen"
+GROUP_EVENT = "$group"
+ALIAS_EVENT = "$alias"
 # Names starting with `$` are the server's; clients may send only these.
-RESERVED_EVENTS_ALLOWED = frozenset({PAGEVIEW_EVENT, IDENTIFY_EVENT})
+RESERVED_EVENTS_ALLOWED = frozenset({PAGEVIEW_EVENT, IDENTIFY_EVENT, SCREEN_EVENT, GROUP_EVENT, ALIAS_EVENT})
+# The drop reason counted for an event the store left out: it repeats the event id of a stored one.
+DUPLICATE = "duplicate"
 # A session id the client did not send is `{anonymous_id}-{floor(unix_seconds / SESSION_SECONDS)}`.
 SESSION_SECONDS = 1800
 

@@ -143,8 +143,10 @@ class Backfill:
         """The writer answers 503 overloaded when its queue is full: back off and try again."""
         for delay in (*OVERLOADED_BACKOFF_S, None):
             try:
-                await self._writer.write(rows)
-                self.outcome.stored += len(rows)
+                duplicates = await self._writer.write(rows)
+                self.outcome.stored += len(rows) - duplicates
+                if duplicates:
+                    self.outcome.dropped["duplicate"] += duplicates
                 return
             except ApiError as error:
                 if error.code != "overloaded" or delay is None:

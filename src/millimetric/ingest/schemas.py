@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from millimetric.errors import ApiError
-from millimetric.events.model import IDENTIFY_EVENT
+from millimetric.events.model import RESERVED_EVENTS_ALLOWED
 
 TRACK_BODY_LIMIT = 64 * 1024
 IDENTIFY_BODY_LIMIT = 64 * 1024
@@ -26,7 +26,6 @@ PROPERTIES_MAX_BYTES = 8192
 PROPERTIES_MAX_DEPTH = 32
 FUTURE_TOLERANCE = dt.timedelta(hours=1)
 EARLIEST = dt.datetime(2000, 1, 1)
-RESERVED_EVENTS_ALLOWED = frozenset({"$pageview", IDENTIFY_EVENT})
 # An invalid_payload lists at most this many paths in fieldErrors; beyond it the list is cut and
 # `details.truncated` is true (a 1000-event batch could otherwise answer with thousands).
 MAX_FIELD_ERRORS = 100

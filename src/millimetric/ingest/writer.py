@@ -1,7 +1,8 @@
 """Group commit: many requests' events go to the store in one append.
 
 A handler calls `await writer.write(rows)`; it returns once the append holding those rows is
-durable, so a 202 always means durable. One append is in flight at a time, on the event loop
+durable, so a 202 always means durable, with how many of them the store left out as duplicates
+of events it already holds (same project and event id). One append is in flight at a time, on the event loop
 itself; requests that arrive meanwhile queue and form the next one. The queue is bounded in
 events: a full queue refuses at once (503 overloaded) instead of growing without bound.
 """
@@ -15,6 +16,7 @@ from collections import deque
 
 from millimetric.errors import ApiError, overloaded
 from millimetric.events.model import EventRow
+from millimetric.operations import metrics
 from millimetric.store.interface import EventStore, StoreOverloaded, StoreTimeout
 
 log = logging.getLogger("millimetric.writer")
@@ -37,8 +39,9 @@ class Writer:
     def queued_events(self) -> int:
         return self._queued_events
 
-    async def write(self, rows: list[EventRow]) -> None:
-        """Resolve after `rows` are durable; ApiError overloaded/upstream_failed otherwise."""
+    async def write(self, rows: list[EventRow]) -> int:
+        """Resolve after `rows` are durable, to how many of them were duplicates (not stored);
+        ApiError overloaded/upstream_failed otherwise."""
         if not self._accepting or self._queued_events + len(rows) > self._max_queued:
             raise overloaded()
         future = asyncio.get_running_loop().create_future()
@@ -46,7 +49,7 @@ class Writer:
         self._queued_events += len(rows)
         if self._committing is None:
             self._committing = asyncio.create_task(self._commit_pending())
-        await future
+        return await future
 
     async def close(self) -> None:
         """Stop accepting and wait until everything already queued is durable."""
@@ -70,9 +73,11 @@ class Writer:
                 taken = self._take()
                 rows = [row for item in taken for row in item[0]]
                 error: BaseException | None = None
+                duplicates: list[int] = []
                 started = time.perf_counter()
                 try:
-                    await self._sink.append(rows)
+                    duplicates = await self._sink.append(rows)
+                    metrics.count_accepted(len(rows) - len(duplicates))  # one count per group commit, not per request
                     log.debug(
                         "committed %d events from %d requests in %.1f ms",
                         len(rows),
@@ -83,17 +88,24 @@ class Writer:
                     log.exception("event store write failed (%d events)", len(rows))
                     error = exc
                 self._queued_events -= len(rows)
-                _settle(taken, error)
+                _settle(taken, duplicates, error)
         finally:
             self._committing = None
 
 
-def _settle(taken: list[_Pending], error: BaseException | None) -> None:
-    for _rows, future in taken:
+def _settle(taken: list[_Pending], duplicates: list[int], error: BaseException | None) -> None:
+    """Answer each request; `duplicates` are positions in the append of all `taken` rows, in order."""
+    start, index = 0, 0
+    for rows, future in taken:
+        end = start + len(rows)
+        count = 0
+        while index < len(duplicates) and duplicates[index] < end:
+            count, index = count + 1, index + 1
+        start = end
         if future.done():  # its request went away (client disconnected)
             continue
         if error is None:
-            future.set_result(None)
+            future.set_result(count)
         elif isinstance(error, (StoreTimeout, StoreOverloaded)):
             future.set_exception(overloaded())  # wedged or full: nothing was acknowledged, retry later
         else:

@@ -324,9 +324,13 @@ async def track_event(caller: Caller, arguments: Arguments) -> Answer:
     assert principal.project is not None  # sk_ keys belong to a project
     await ratelimit.enforce(services.limiter, principal.project.id, "/v1/track", principal.project.rate_limits)
     event = schemas.decode_track(msgspec.json.encode(arguments))
-    base = await ingest._visit(caller.request, services, principal)
-    await services.writer.write(ingest._rows(base, services, principal, [event], None))
-    return {"ok": True, "event_id": event.event_id}
+    base = await ingest.visit(caller.request, services, principal)
+    rows = ingest.accepted_rows(base, services, principal, [event], None)
+    duplicates = await ingest.store(services, principal.project.id, rows)
+    answer: dict[str, Any] = {"ok": True, "event_id": event.event_id}
+    if duplicates:
+        answer["duplicate"] = True
+    return answer
 
 
 TRACK_EVENT_DESCRIPTION = (

@@ -110,6 +110,9 @@ class StoredKey(NamedTuple):
     revoked_at: dt.datetime | None
 
 
+FORGET_STATES = ("queued", "running", "done", "failed")
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -551,6 +554,14 @@ class ControlPlane:
                     .order_by(forget_jobs.c.created_at)
                 )
             ]
+
+    def forget_job_counts(self) -> dict[str, int]:
+        """How many forget jobs are in each state (every state, 0 included), every project together."""
+        counts = dict.fromkeys(FORGET_STATES, 0)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(forget_jobs.c.status, sa.func.count()).group_by(forget_jobs.c.status))
+            counts.update({status: int(n) for status, n in rows})
+        return counts
 
     def start_forget_attempt(self, job_id: str) -> None:
         """The job is running: one more attempt."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from millimetric.settings import Settings
+from millimetric.settings import SPOOL_DIR, Settings
 from millimetric.store.interface import EventStore, StoreError
 
 
@@ -37,12 +37,31 @@ class _SharedDuckDB:
         self._process.close()
 
 
-def _require_embedded(settings: Settings) -> None:
-    if settings.clickhouse_url:
-        raise StoreError(
-            "MILLIMETRIC_CLICKHOUSE_URL is set, but this build has only the embedded (DuckDB) event store: "
-            "unset it to use the embedded store"
-        )
+class _NothingShared:
+    """With ClickHouse, each server process has its own spool and connections: nothing to share."""
+
+    @property
+    def handle(self) -> object:
+        return None
+
+    def is_alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def _open_clickhouse(settings: Settings) -> EventStore:
+    from millimetric.store.clickhouse.store import ClickHouseEventStore
+
+    assert settings.clickhouse_url
+    return ClickHouseEventStore(
+        settings.clickhouse_url,
+        settings.data_dir / SPOOL_DIR,
+        settings.spool_max_bytes,
+        redis_url=settings.redis_url,
+        redis_prefix=settings.redis_prefix,
+    )
 
 
 def open_event_store(settings: Settings, shared: object | None = None, attach: bool = False) -> EventStore:
@@ -52,7 +71,8 @@ def open_event_store(settings: Settings, shared: object | None = None, attach: b
     server already running on this data directory if there is one (CLI commands hand it their
     rows while it serves), else start one.
     """
-    _require_embedded(settings)
+    if settings.clickhouse_url:
+        return _open_clickhouse(settings)
     from millimetric.store.duckdb import wire
     from millimetric.store.duckdb.client import DuckDBEventStore
 
@@ -72,13 +92,17 @@ def open_event_store(settings: Settings, shared: object | None = None, attach: b
 
 
 def start_shared_store(settings: Settings) -> SharedStore:
-    _require_embedded(settings)
+    if settings.clickhouse_url:
+        return _NothingShared()
     return _SharedDuckDB(settings)
 
 
 def inspect_event_store(settings: Settings) -> dict[str, object]:
     """A read-only report on the configured event store (`millimetric doctor`)."""
-    _require_embedded(settings)
+    if settings.clickhouse_url:
+        from millimetric.store.clickhouse.inspect import inspect as inspect_clickhouse
+
+        return {"backend": "clickhouse", **inspect_clickhouse(settings.clickhouse_url, settings.data_dir / SPOOL_DIR)}
     from millimetric.store.duckdb.inspect import inspect
 
     return {"backend": "duckdb", **inspect(settings.event_store_path)}

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
-from millimetric.events.model import EventRow
+import pyarrow as pa
+
+from millimetric.events.model import COLUMNS, EventRow
 from millimetric.events.queries import (
     FunnelCounts,
     FunnelPlan,
@@ -21,7 +23,17 @@ from millimetric.events.queries import (
     SourcesPlan,
     StatRow,
     StatsPlan,
+    TimeRange,
 )
+
+# What `EventStore.export` yields: every column of `EventRow`, in its order, as stored (naive UTC
+# microsecond timestamps; `session_id` the event's session, sent or derived). The same shape
+# `millimetric export` writes and `millimetric import --export` appends back.
+EXPORT_SCHEMA = pa.schema([(name, pa.timestamp("us") if name == "timestamp" else pa.string()) for name in COLUMNS])
+EXPORT_BATCH_ROWS = 50_000
+
+# How long an event id keeps a repeat of it out of the store.
+DEDUP_WINDOW = dt.timedelta(days=7)
 
 
 class StoreError(RuntimeError):
@@ -40,8 +52,13 @@ class EventStore(Protocol):
     """Blocking calls, except `append`: call them off the event loop. Each has a timeout and
     raises `StoreError` (or a subclass) instead of hanging."""
 
-    async def append(self, rows: Sequence[EventRow]) -> None:
-        """Return once every row is durable (a crash after it loses none). One call at a time."""
+    async def append(self, rows: Sequence[EventRow]) -> list[int]:
+        """Return once every row is durable (a crash after it loses none). One call at a time.
+
+        De-duplication: a row whose (project_id, event_id) the store accepted within the last
+        `DEDUP_WINDOW` (from any process, across restarts), or that repeats an earlier row of
+        the same call, is not stored; the positions of such rows in `rows` are returned (in
+        order; empty when every row was stored). Rows without an event id are always stored."""
 
     def rows(self, project_id: str, plan: RowsPlan) -> RowsPage:
         """Raw rows newest first, `plan.limit` at most, after `plan.after` when set."""
@@ -63,6 +80,13 @@ class EventStore(Protocol):
     def delete_before(self, project_id: str, cutoff: dt.datetime) -> int:
         """Delete the project's events older than `cutoff` (naive UTC); returns how many."""
 
+    def export(
+        self, project_id: str, time_range: TimeRange, batch_rows: int = EXPORT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """Every stored event of the project in `time_range`, oldest first, in batches of at most
+        `batch_rows` rows of `EXPORT_SCHEMA`: memory stays bounded whatever the project's size.
+        Events appended while it runs may or may not be included."""
+
     def ping(self) -> None:
         """Raise unless the store answers within a few seconds."""
 
@@ -72,7 +96,8 @@ class EventStore(Protocol):
 
     def status(self) -> dict[str, Any]:
         """What an operator wants to know: backend, format version, events waiting to be written,
-        quarantined data (`millimetric doctor`, `/healthz`)."""
+        quarantined data (`millimetric doctor`, `/healthz`). `GET /metrics` reads the spool from
+        `unflushed_events`, `unflushed_bytes` and `unflushed_seconds` (age of the oldest)."""
 
     def close(self) -> None:
         """Make every acknowledged event durable in the store proper and release it."""

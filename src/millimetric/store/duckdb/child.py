@@ -27,6 +27,7 @@ from typing import Any
 
 from millimetric.store.duckdb import wire
 from millimetric.store.duckdb.database import EventDatabase
+from millimetric.store.duckdb.dedup import encode_positions
 
 log = logging.getLogger("millimetric.store")
 
@@ -140,13 +141,14 @@ def _greet(database: EventDatabase, sock: socket.socket, address: wire.Address) 
 
 
 def _answer_appends(database: EventDatabase, connection: Connection) -> None:
-    """Journal each group of rows, then answer: empty for done, else the error's kind and text."""
+    """Journal each group of rows, then answer: empty for done, `D` and the positions of the rows
+    not stored as duplicates (`dedup.encode_positions`), else the error's kind and text."""
     while True:
         message = connection.recv_bytes()
         (count,) = wire.LENGTH.unpack_from(message)
         try:
-            database.append(message[wire.LENGTH.size :], count)
-            reply = b""
+            duplicates = database.append(message[wire.LENGTH.size :], count)
+            reply = wire.DUPLICATES.encode() + encode_positions(duplicates) if duplicates else b""
         except Exception as exc:
             log.exception("event store append of %d rows failed", count)
             reply = f"{wire.error_kind(exc)}{type(exc).__name__}: {exc}".encode()

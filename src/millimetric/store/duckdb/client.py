@@ -16,7 +16,9 @@ import socket
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
 
 from millimetric.events.model import EventRow
 from millimetric.events.queries import (
@@ -28,12 +30,14 @@ from millimetric.events.queries import (
     SourcesPlan,
     StatRow,
     StatsPlan,
+    TimeRange,
 )
 from millimetric.settings import EVENTS_FILE
-from millimetric.store.duckdb import wire
-from millimetric.store.duckdb.rows import encode_rows
+from millimetric.store.duckdb import export, wire
+from millimetric.store.duckdb.dedup import decode_positions
 from millimetric.store.duckdb.supervisor import StoreProcess
-from millimetric.store.interface import StoreError, StoreTimeout
+from millimetric.store.interface import EXPORT_BATCH_ROWS, StoreError, StoreTimeout
+from millimetric.store.rows import encode_rows
 
 READ_CONNECTIONS = 4
 
@@ -98,7 +102,7 @@ class _AppendChannel:
         self._address, self._timeouts = address, timeouts
         self._socket: socket.socket | None = None
 
-    async def call(self, count: int, payload: bytes) -> None:
+    async def call(self, count: int, payload: bytes) -> list[int]:
         loop = asyncio.get_running_loop()
         timeout = self._timeouts.append
         if self._socket is None:
@@ -118,9 +122,12 @@ class _AppendChannel:
         except (EOFError, OSError) as exc:
             self.close()
             raise StoreError("the event store process is not running") from exc
-        if error:
-            text = error.decode(errors="replace")
-            raise wire.remote_error(text[:1], text[1:])
+        if not error:
+            return []
+        if error[:1] == wire.DUPLICATES.encode():
+            return decode_positions(error[1:])
+        text = error.decode(errors="replace")
+        raise wire.remote_error(text[:1], text[1:])
 
     def close(self) -> None:
         if self._socket is not None:
@@ -153,9 +160,10 @@ class DuckDBEventStore:
         process = StoreProcess(path)
         return cls(process.address, process, timeouts)
 
-    async def append(self, rows: Sequence[EventRow]) -> None:
-        if rows:
-            await self._appends.call(len(rows), encode_rows(list(rows)))
+    async def append(self, rows: Sequence[EventRow]) -> list[int]:
+        if not rows:
+            return []
+        return await self._appends.call(len(rows), encode_rows(list(rows)))
 
     def rows(self, project_id: str, plan: RowsPlan) -> RowsPage:
         return RowsPage(*self._read(self._timeouts.read, "rows", project_id, plan))
@@ -168,6 +176,16 @@ class DuckDBEventStore:
 
     def funnel(self, project_id: str, plan: FunnelPlan) -> FunnelCounts:
         return self._read(self._timeouts.read, "funnel", project_id, plan)
+
+    def export(
+        self, project_id: str, time_range: TimeRange, batch_rows: int = EXPORT_BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        after: export.Position | None = None
+        while True:
+            payload, after = self._read(self._timeouts.read, "export_page", project_id, time_range, after, batch_rows)
+            yield from export.read_page(payload).to_batches()
+            if after is None:
+                return
 
     def delete_user(self, project_id: str, user_id: str) -> int:
         return self._writes.call(self._timeouts.delete, "delete_user", project_id, user_id)

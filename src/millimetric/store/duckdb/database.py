@@ -25,12 +25,15 @@ from millimetric.events.queries import (
     SourcesPlan,
     StatRow,
     StatsPlan,
+    TimeRange,
 )
-from millimetric.store.duckdb import migrations, reads, rollup
+from millimetric.operations import metrics
+from millimetric.store.dedup import SeenIds
+from millimetric.store.duckdb import dedup, export, migrations, reads, rollup
 from millimetric.store.duckdb.funnel import select_funnel
-from millimetric.store.duckdb.journal import Frame, Journal, write_file
-from millimetric.store.duckdb.rows import PAYLOAD_FORMAT, decode_rows
 from millimetric.store.interface import StoreOverloaded
+from millimetric.store.journal import Frame, Journal, write_file
+from millimetric.store.rows import PAYLOAD_FORMAT, decode_payload, decode_rows, encode_batch
 
 log = logging.getLogger("millimetric.store")
 
@@ -105,6 +108,7 @@ class EventDatabase:
         self._db.execute("SET enable_progress_bar = false")  # long migrations log a line instead
         self.found_format = migrations.migrate(self._db, self.path)
         rollup.open_rollup(self._db)
+        dedup.open_marks(self._db)
         # Deleted events leave their seq behind in journal_state: a seq is never used twice.
         flushed = self._db.execute(
             "SELECT greatest((SELECT flushed_seq FROM journal_state), (SELECT coalesce(max(seq), 0) FROM events))"
@@ -121,33 +125,62 @@ class EventDatabase:
         self._quarantine = self.path.with_suffix(".quarantine")
         self._journal = Journal(self.path.with_suffix(".journal"))
         self._replay(flushed)
+        self._seen = SeenIds()
+        loaded = dedup.rebuild(self._seen, self._db)
+        if loaded:
+            log.info("de-duplication: %d event ids seen within the window", loaded)
         self._folder = self._db.cursor()
         self._covered_seq = rollup.covered_seq(self._folder)
         self._folded_at = time.monotonic()
 
     # writes ---------------------------------------------------------------------------------
-    def append(self, payload: bytes, count: int) -> None:
-        """Durable on return: `count` rows (`rows.encode_rows`) are in the journal."""
+    def append(self, payload: bytes, count: int) -> list[int]:
+        """Durable on return: `count` rows (`rows.encode_rows`) are in the journal, except those
+        whose event id the store accepted within the de-duplication window (or earlier in the
+        same rows): their positions are returned, and they are not stored."""
         if not count:
-            return
+            return []
+        try:
+            batch = decode_payload(payload, PAYLOAD_FORMAT)
+            ids = dedup.event_ids(batch)
+        except (pa.ArrowException, ValueError):
+            ids = None  # journaled as sent: the flush quarantines what can never be inserted
         with self._lock:
-            if self._unflushed_bytes + len(payload) > MAX_UNFLUSHED_BYTES:
-                raise StoreOverloaded(
-                    f"{self._unflushed_events} acknowledged events wait for DuckDB (inserts keep failing)"
-                )
-            frame = Frame(self._next_seq, count, payload, PAYLOAD_FORMAT)
-            self._next_seq = frame.next_seq  # taken even if the write fails: a seq is never used twice
-            self._journal.write(frame)
-            if not self._unflushed:
-                self._oldest_unflushed = time.monotonic()
-            self._unflushed.append(frame)
-            self._unflushed_events += count
-            self._unflushed_bytes += len(payload)
+            duplicates = self._seen.duplicates(*ids) if ids is not None else []
+            if duplicates:
+                if len(duplicates) == count:
+                    return duplicates
+                keep = [True] * count
+                for position in duplicates:
+                    keep[position] = False
+                payload = encode_batch(batch.filter(pa.array(keep)))
+            self._journal_append(payload, count - len(duplicates))
+            if ids is not None:  # only once durable: a failed write must not make a retry a duplicate
+                self._seen.remember(*ids, skip=duplicates)
+            return duplicates
+
+    def _journal_append(self, payload: bytes, count: int) -> None:
+        """Under `_lock`."""
+        if self._unflushed_bytes + len(payload) > MAX_UNFLUSHED_BYTES:
+            waiting = self._unflushed_events
+            raise StoreOverloaded(f"{waiting} acknowledged events wait for DuckDB (inserts keep failing)")
+        frame = Frame(self._next_seq, count, payload, PAYLOAD_FORMAT)
+        self._next_seq = frame.next_seq  # taken even if the write fails: a seq is never used twice
+        self._journal.write(frame)
+        if not self._unflushed:
+            self._oldest_unflushed = time.monotonic()
+        self._unflushed.append(frame)
+        self._unflushed_events += count
+        self._unflushed_bytes += len(payload)
 
     def flush(self) -> None:
         """Hand the journal's rows to DuckDB: one insert, one transaction."""
         with self._flush_lock:
-            self._insert(*self._take_unflushed())
+            frames, files = self._take_unflushed()
+            started = time.perf_counter()
+            self._insert(frames, files)
+            if frames:
+                metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
 
     def flush_due(self) -> bool:
         waiting = self._unflushed_events
@@ -202,6 +235,7 @@ class EventDatabase:
         with rollup.transaction(self._writer):
             self._writer.execute(_INSERT)
             self._writer.execute("UPDATE journal_state SET flushed_seq = $seq", {"seq": frames[-1].next_seq - 1})
+            dedup.record_mark(self._writer, frames[-1].next_seq - 1, time.time())
 
     def _quarantine_frame(self, frame: Frame, error: BaseException) -> None:
         """Keep a frame that cannot be inserted in a file of its own, never deleted, and move on."""
@@ -291,6 +325,12 @@ class EventDatabase:
         with self._cursor() as cur:
             return select_funnel(cur, project_id, plan)
 
+    def export_page(
+        self, project_id: str, time_range: TimeRange, after: export.Position | None, limit: int
+    ) -> tuple[bytes, export.Position | None]:
+        with self._cursor() as cur:
+            return export.select_page(cur, project_id, time_range, after, limit)
+
     def ping(self) -> None:
         with self._db.cursor() as cur:
             cur.execute("SELECT 1").fetchall()
@@ -298,12 +338,14 @@ class EventDatabase:
     def status(self) -> dict[str, Any]:
         with self._lock:
             waiting, waiting_bytes = self._unflushed_events, self._unflushed_bytes
+            waited = time.monotonic() - self._oldest_unflushed if waiting else 0.0
         return {
             "backend": "duckdb",
             "path": str(self.path),
             "format": migrations.VERSION,
             "unflushed_events": waiting,
             "unflushed_bytes": waiting_bytes,
+            "unflushed_seconds": waited,
             "quarantined_files": self.quarantined_files(),
             "quarantine": str(self._quarantine),
         }

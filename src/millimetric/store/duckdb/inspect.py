@@ -8,7 +8,8 @@ from typing import Any
 
 import duckdb
 
-from millimetric.store.duckdb import journal, migrations, wire
+from millimetric.store import journal
+from millimetric.store.duckdb import migrations, wire
 from millimetric.store.duckdb.client import DuckDBEventStore
 from millimetric.store.interface import StoreError
 

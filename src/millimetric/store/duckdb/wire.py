@@ -4,8 +4,9 @@ The store process listens on a Unix socket in the abstract namespace, named afte
 so a restarted store process is found at the same address. Each client connection serves one
 role, chosen in its first message (the hello: the store's secret key and the role):
 
-- `append`: length-prefixed frames of encoded rows; each answered by an empty frame (durable) or
-  a one-letter kind and a message (`O` overloaded, `E` error);
+- `append`: length-prefixed frames of encoded rows; each answered by an empty frame (durable),
+  `D` and the positions of rows not stored as duplicates (the others are durable), or a
+  one-letter kind and a message (`O` overloaded, `E` error);
 - `write`, `read`: pickled `(method, args)` calls answered by `("ok", value)` or
   `("error", (kind, message))`.
 
@@ -32,9 +33,9 @@ from millimetric.store.interface import StoreError, StoreOverloaded, StoreTimeou
 
 APPEND, WRITE, READ = "append", "write", "read"
 WRITE_METHODS = frozenset({"delete_user", "delete_before", "backup"})
-READ_METHODS = frozenset({"rows", "stats", "sources", "funnel", "ping", "status"})
+READ_METHODS = frozenset({"rows", "stats", "sources", "funnel", "export_page", "ping", "status"})
 LENGTH = struct.Struct("!I")  # the length prefix of a `Connection.send_bytes` message
-OVERLOADED, ERROR = "O", "E"
+OVERLOADED, ERROR, DUPLICATES = "O", "E", "D"
 _KEY_BYTES = 32
 
 

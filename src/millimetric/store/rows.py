@@ -40,6 +40,16 @@ def encode_rows(rows: list[EventRow]) -> bytes:
     columns = list(zip(*map(msgspec.structs.astuple, rows))) if rows else [() for _ in COLUMNS]
     strings = pa.array(itertools.chain.from_iterable(c for i, c in enumerate(columns) if i != _TIMESTAMP), pa.string())
     timestamps = pa.array(columns[_TIMESTAMP], _TIMESTAMPS.field(0).type)
+    return _serialize(strings, timestamps)
+
+
+def encode_batch(batch: pa.RecordBatch) -> bytes:
+    """Rows already in Arrow (e.g. a decoded payload with some rows filtered out), re-encoded."""
+    strings = pa.concat_arrays([batch.column(i) for i in range(len(COLUMNS)) if i != _TIMESTAMP])
+    return _serialize(strings, batch.column(_TIMESTAMP))
+
+
+def _serialize(strings: pa.Array, timestamps: pa.Array) -> bytes:
     sink = pa.BufferOutputStream()
     sink.write(pa.record_batch([strings], schema=_STRINGS).serialize())
     sink.write(pa.record_batch([timestamps], schema=_TIMESTAMPS).serialize())
@@ -48,10 +58,11 @@ def encode_rows(rows: list[EventRow]) -> bytes:
 
 def decode_rows(payloads: Iterable[tuple[bytes, int]]) -> pa.Table:
     """The rows of many (payload, payload format) pairs, as one table (zero-copy: no row is parsed)."""
-    return pa.Table.from_batches([_decode(payload, version) for payload, version in payloads], schema=ARROW_SCHEMA)
+    batches = [decode_payload(payload, version) for payload, version in payloads]
+    return pa.Table.from_batches(batches, schema=ARROW_SCHEMA)
 
 
-def _decode(payload: bytes, payload_format: int) -> pa.RecordBatch:
+def decode_payload(payload: bytes, payload_format: int) -> pa.RecordBatch:
     if payload_format != PAYLOAD_FORMAT:
         raise PayloadFormatError(
             f"a journal frame holds rows payload format {payload_format}, unknown to this build ({PAYLOAD_FORMAT}): "
