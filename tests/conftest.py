@@ -26,6 +26,16 @@ from stored import query_stored
 
 POSTGRES_ADMIN_URL = os.environ.get("MILLIMETRIC_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 ORIGIN = "https://shop.example.com"
+# Debian's Chromium, driven by Playwright (its own browser download is not used), with what keeps it
+# offline and runnable as root.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 
 
 class Keys(NamedTuple):

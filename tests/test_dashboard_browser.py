@@ -20,18 +20,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
-from conftest import ServerProcess, bearer
+from conftest import CHROMIUM, CHROMIUM_ARGS, ServerProcess, bearer
 
 pytestmark = pytest.mark.slow  # a server process and a browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 RESULTS = Path(__file__).parent / "results"
 EMAIL = "owner@example.com"
 PASSWORD = "correct horse battery staple"

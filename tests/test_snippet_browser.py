@@ -16,19 +16,11 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from conftest import ServerProcess, cli_project, free_port
+from conftest import CHROMIUM, CHROMIUM_ARGS, ServerProcess, cli_project, free_port
 
 pytestmark = pytest.mark.slow
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 # Headless Chromium announces itself as "HeadlessChrome", which the server drops as a bot.
 USER_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
 STUB = (
